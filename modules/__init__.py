@@ -1,0 +1,1 @@
+"""Palette's engine. Never imports gradio."""

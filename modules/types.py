@@ -1,0 +1,132 @@
+"""Frozen dataclasses that cross module boundaries.
+
+Everything a job needs travels in a `GenerationRequest`; everything it produces comes back in a
+`Result`. Fields are named (never positional) so the UI bindings, the REST API and the infotext parser
+can all map to them by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+import torch
+
+# A1111's hires-fix / img2img resize modes, by their index in A1111's UI.
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One `<lora:name:te:unet:dyn>` tag, after parsing."""
+
+    name: str
+    te_weight: float = 1.0
+    unet_weight: float = 1.0
+    dyn: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One txt2img / img2img job. Defaults follow A1111's UI defaults."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler_name: str = "Euler a"
+    scheduler: str = "Automatic"
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    batch_size: int = 1
+    n_iter: int = 1
+    clip_skip: int = 1
+    eta: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+    # Which model; None means "the currently selected one".
+    checkpoint: str | None = None
+    vae: str | None = None
+    # img2img (mode is img2img when init_images is non-empty)
+    init_images: tuple[Any, ...] = ()  # PIL images
+    denoising_strength: float = 0.75
+    resize_mode: int = 0
+    # inpainting (issue 8 fills these in)
+    mask: Any | None = None
+    mask_blur: int = 4
+    inpainting_fill: int = 1
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float = 1.0
+    # hires fix
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_denoising_strength: float = 0.7
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    # per-job settings overrides (A1111's override_settings); frozen into the job
+    override_settings: Mapping[str, Any] = field(default_factory=dict)
+    styles: tuple[str, ...] = ()
+    do_not_save: bool = False
+
+    @property
+    def is_img2img(self) -> bool:
+        return len(self.init_images) > 0
+
+    def replace(self, **changes: Any) -> "GenerationRequest":
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditioning for one prompt: what the UNet's cross-attention and ADM input see."""
+
+    cross_attn: torch.Tensor  # [B, tokens, context_dim]
+    pooled: torch.Tensor | None = None  # [B, pooled_dim] (SDXL)
+    # SDXL `y` vector (pooled + size/crop embeddings), already assembled, or None
+    adm: torch.Tensor | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Sent by the sampler loop after every step."""
+
+    step: int
+    total_steps: int
+    job_index: int = 0  # which image of the batch count
+    job_count: int = 1
+    latent: torch.Tensor | None = None
+    preview: Any | None = None  # PIL image, when a preview was made this step
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a job produced: images with their infotexts and seeds, plus an info mapping."""
+
+    images: tuple[Any, ...]  # PIL images
+    infotexts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    subseeds: tuple[int, ...] = ()
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    info: Mapping[str, Any] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()  # files written under outputs/
+    interrupted: bool = False
