@@ -103,12 +103,12 @@ def detect(
     except (KeyError, ValueError, IndexError) as exc:
         raise UnknownModelError(f"{path.name}: UNet tensors have an unknown layout ({exc})") from exc
 
-    matches = [f for f in FAMILIES if f.matches(unet_config)]
+    matches = [f for f in FAMILIES if f.matches(unet_config, sd)]
     if family_override:
         if family_override not in FAMILIES_BY_NAME:
             raise UnknownModelError(f"{path.name}: unknown family override {family_override!r}")
         forced = FAMILIES_BY_NAME[family_override]
-        if not forced.matches(unet_config):
+        if not forced.matches(unet_config, sd):
             found = matches[0].name if matches else "unknown"
             raise UnknownModelError(
                 f"{path.name}: family override {forced.name} does not fit this file: its UNet has "
@@ -121,7 +121,7 @@ def detect(
             f"{path.name}: unknown model family: UNet context_dim={unet_config.context_dim}, "
             f"adm_in_channels={unet_config.adm_in_channels}, model_channels={unet_config.model_channels}, "
             f"in_channels={unet_config.in_channels}; checked "
-            + "; ".join(f"{f.name} ({dict(f.unet_match)})" for f in FAMILIES)
+            + "; ".join(f"{f.name} ({dict(f.unet_match)}, text encoder at {f.marker_key})" for f in FAMILIES)
         )
     family = matches[0]
     head_field, head_value = family.head_layout

@@ -26,6 +26,7 @@ class Family:
 
     name: str  # shown to users: "SD1", "SD2", "SDXL", "SDXL Refiner"
     unet_match: Mapping[str, Any]  # UNetConfig fields that must equal these values
+    marker_key: str  # a key only this family's files carry (where its text encoder sits)
     head_layout: tuple[str, int]  # ("num_heads", 8) or ("num_head_channels", 64)
     text_encoders: tuple[TextEncoderSlot, ...]
     vae_scaling: float = 0.18215
@@ -39,7 +40,10 @@ class Family:
     adm: str | None = None  # "sdxl" (size/crop conditioning) or "refiner" (adds aesthetic score)
     notes: tuple[str, ...] = field(default=())
 
-    def matches(self, unet_config: Any) -> bool:
+    def matches(self, unet_config: Any, keys: Any) -> bool:
+        """Shape signature and text-encoder placement both fit. `keys` supports `in`."""
+        if self.marker_key not in keys:
+            return False
         return all(getattr(unet_config, key) == value for key, value in self.unet_match.items())
 
 
