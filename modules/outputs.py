@@ -1,0 +1,113 @@
+"""Saving images under outputs/, named and numbered as A1111 does, written atomically.
+
+`outputs/txt2img-images/2026-11-23/00012-1234.png`: a per-folder counter (one more than the highest
+number already there), then the file-name pattern (`[seed]` by default). Files are written to a temp
+name and renamed, so a crash never leaves half an image, and the generation parameters go into the
+file (PNG text chunk, or EXIF UserComment for JPEG/WEBP) through `modules.infotext`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+_COUNTER_LOCK = threading.Lock()
+_NUMBER = re.compile(r"^(\d+)-")
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
+MAX_NAME = 128
+
+
+@dataclass(frozen=True)
+class NameContext:
+    """What the file-name pattern tags can refer to."""
+
+    seed: int
+    prompt: str = ""
+    steps: int = 0
+    sampler: str = ""
+    cfg: float = 0.0
+    width: int = 0
+    height: int = 0
+    model_name: str = ""
+    model_hash: str = ""
+    now: _dt.datetime | None = None
+
+
+def _sanitize(text: str) -> str:
+    return _UNSAFE.sub("_", text).strip().strip(".")[:MAX_NAME]
+
+
+def expand_pattern(pattern: str, ctx: NameContext) -> str:
+    """A1111's common file-name tags: [seed] [prompt] [prompt_words] [steps] [sampler] [cfg]
+    [width] [height] [model_name] [model_hash] [date] [datetime]. Unknown tags are left as text."""
+    now = ctx.now or _dt.datetime.now()
+    words = " ".join(re.sub(r"[^\w\s]", " ", ctx.prompt).split()[:8])
+    values: Mapping[str, Any] = {
+        "seed": ctx.seed,
+        "prompt": ctx.prompt,
+        "prompt_words": words,
+        "prompt_spaces": ctx.prompt,
+        "steps": ctx.steps,
+        "sampler": ctx.sampler,
+        "cfg": f"{ctx.cfg:g}",
+        "width": ctx.width,
+        "height": ctx.height,
+        "model_name": ctx.model_name,
+        "model_hash": ctx.model_hash,
+        "date": now.strftime("%Y-%m-%d"),
+        "datetime": now.strftime("%Y%m%d%H%M%S"),
+    }
+
+    def sub(match: re.Match[str]) -> str:
+        key = match.group(1).lower()
+        return _sanitize(str(values[key])) if key in values else match.group(0)
+
+    return _sanitize(re.sub(r"\[(\w+)\]", sub, pattern)) or str(ctx.seed)
+
+
+def next_number(folder: Path) -> int:
+    """One more than the highest `NNNNN-` prefix in the folder (A1111's counter)."""
+    highest = -1
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            m = _NUMBER.match(name)
+            if m:
+                highest = max(highest, int(m.group(1)))
+    return highest + 1
+
+
+def save_image(
+    image: Any,
+    folder: Path,
+    ctx: NameContext,
+    *,
+    infotext: str,
+    pattern: str = "[seed]",
+    fmt: str = "png",
+    per_date_folder: bool = True,
+) -> Path:
+    """Write one image with its infotext; returns the final path."""
+    from modules.infotext import save_with_infotext
+
+    now = ctx.now or _dt.datetime.now()
+    if per_date_folder:
+        folder = folder / now.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = expand_pattern(pattern, ctx)
+    with _COUNTER_LOCK:
+        number = next_number(folder)
+        final = folder / f"{number:05d}-{stem}.{fmt}"
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
+        os.close(fd)
+        try:
+            save_with_infotext(image, Path(tmp), infotext)
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return final
