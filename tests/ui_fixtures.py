@@ -1,0 +1,157 @@
+"""A small stand-in for `modules.engine.Engine`, for the queue and UI tests.
+
+It has the Engine's public methods and returns solid-colour images (colour from the seed) with an
+A1111-style infotext, so the UI can be driven end to end before the real pipeline exists and on
+machines without models. Prompts steer it: "raise" fails, "oom" raises torch.OutOfMemoryError,
+"nan" raises a NaN error, "slow" takes `slow_step` seconds per step.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from modules import config as config_mod
+from modules.engine import CancelToken, CheckpointInfo
+from modules.types import GenerationRequest, ProgressEvent, Result
+
+
+def fake_infotext(req: GenerationRequest, seed: int, model: CheckpointInfo | None) -> str:
+    """The A1111 layout: prompt, `Negative prompt:` line, then `Key: value` pairs."""
+    parts = {
+        "Steps": req.steps,
+        "Sampler": req.sampler_name,
+        "Schedule type": req.scheduler,
+        "CFG scale": f"{req.cfg_scale:g}",
+        "Seed": seed,
+        "Size": f"{req.width}x{req.height}",
+        "Model hash": model.short_hash if model else None,
+        "Model": model.model_name if model else None,
+        "Denoising strength": f"{req.denoising_strength:g}" if req.is_img2img or req.enable_hr else None,
+        "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
+        "Hires upscale": f"{req.hr_scale:g}" if req.enable_hr else None,
+        "Hires upscaler": req.hr_upscaler if req.enable_hr else None,
+    }
+    tail = ", ".join(f"{k}: {v}" for k, v in parts.items() if v is not None)
+    negative = f"\nNegative prompt: {req.negative_prompt}" if req.negative_prompt else ""
+    return f"{req.prompt}{negative}\n{tail}"
+
+
+class FakeEngine:
+    """Same public surface as `modules.engine.Engine`; no models, no maths."""
+
+    def __init__(self, root: Path, *, checkpoints: tuple[str, ...] = ("alpha.safetensors", "beta.safetensors"),
+                 step_time: float = 0.0, slow_step: float = 0.5) -> None:
+        self.root = Path(root)
+        self.settings_path = self.root / "config.json"
+        self.settings = config_mod.load_settings(self.settings_path).settings
+        self.notices: list[str] = []
+        self.outputs_root = self.root
+        self.step_time = step_time
+        self.slow_step = slow_step
+        self._infos = [CheckpointInfo(n, self.root / n, f"{abs(hash(n)) % 16**10:010x}") for n in checkpoints]
+        self._current: CheckpointInfo | None = None
+        self._lock = threading.Lock()
+        self.calls: list[GenerationRequest] = []
+        self.threads: set[str] = set()
+        self.on_generate: Callable[[GenerationRequest], None] | None = None
+
+    # settings
+    def update_settings(self, **changes) -> config_mod.Settings:
+        with self._lock:
+            self.settings = self.settings.with_overrides(changes)
+            return self.settings
+
+    def save_settings(self) -> None:
+        config_mod.save_settings(self.settings, self.settings_path)
+
+    # models
+    def list_checkpoints(self) -> list[CheckpointInfo]:
+        return list(self._infos)
+
+    def find_checkpoint(self, name: str) -> CheckpointInfo:
+        bare = name.split(" [")[0]
+        for info in self._infos:
+            if bare in (info.name, info.title, info.model_name):
+                return info
+        raise FileNotFoundError(f"checkpoint {name!r} not found")
+
+    @property
+    def current_checkpoint(self) -> CheckpointInfo | None:
+        return self._current
+
+    def select_checkpoint(self, name: str) -> CheckpointInfo:
+        info = self.find_checkpoint(name)
+        time.sleep(self.step_time)
+        self._current = info
+        self.update_settings(sd_model_checkpoint=info.name)
+        return info
+
+    def current_bundle(self) -> CheckpointInfo:
+        if self._current is None:
+            wanted = self.settings.sd_model_checkpoint
+            return self.select_checkpoint(wanted if wanted else self._infos[0].name)
+        return self._current
+
+    def list_vaes(self) -> list[Path]:
+        return [self.root / "models" / "VAE" / "fake-vae.safetensors"]
+
+    def samplers(self) -> list[str]:
+        return ["Euler a", "Euler", "DPM++ 2M", "DDIM"]
+
+    def schedulers(self) -> list[str]:
+        return ["Automatic", "Karras", "Exponential"]
+
+    # generation
+    def generate(self, request: GenerationRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
+                 cancel: CancelToken | None = None) -> Result:
+        self.calls.append(request)
+        self.threads.add(threading.current_thread().name)
+        if self.on_generate:
+            self.on_generate(request)
+        prompt = request.prompt.lower()
+        if "oom" in prompt:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        if "raise" in prompt:
+            raise RuntimeError("the fake engine was asked to fail")
+        if "nan" in prompt.split():
+            raise FloatingPointError("A tensor with all NaNs was produced in Unet")
+        info = self.select_checkpoint(request.checkpoint) if request.checkpoint else self.current_bundle()
+        cancel = cancel or CancelToken()
+        step_time = self.slow_step if "slow" in prompt else self.step_time
+        every = self.settings.live_preview_every
+        base_seed = request.seed if request.seed >= 0 else random.randrange(2**32)
+        images, infotexts, seeds = [], [], []
+        for index in range(request.n_iter):
+            cancel.skipped.clear()
+            for step in range(1, request.steps + 1):
+                if cancel.interrupted.is_set() or cancel.skipped.is_set():
+                    break
+                time.sleep(step_time)
+                preview = None
+                if every and step % every == 0:
+                    preview = self._image(base_seed + index, request, dim=True)
+                if progress:
+                    progress(ProgressEvent(step, request.steps, index, request.n_iter, preview=preview))
+            if cancel.interrupted.is_set():
+                break
+            if cancel.skipped.is_set():
+                continue
+            for b in range(request.batch_size):
+                seed = base_seed + index * request.batch_size + b
+                images.append(self._image(seed, request))
+                infotexts.append(fake_infotext(request, seed, info))
+                seeds.append(seed)
+        return Result(tuple(images), tuple(infotexts), tuple(seeds), interrupted=cancel.interrupted.is_set())
+
+    @staticmethod
+    def _image(seed: int, req: GenerationRequest, dim: bool = False) -> Image.Image:
+        rng = random.Random(seed)
+        colour = tuple(rng.randrange(40, 256) // (2 if dim else 1) for _ in range(3))
+        size = (req.width // 4, req.height // 4) if dim else (req.width, req.height)
+        return Image.new("RGB", size, colour)
