@@ -1,0 +1,284 @@
+"""The web UI in a real browser (headless Chromium through Playwright) against a running server.
+
+Runs against the fake engine (solid-colour images with an A1111 infotext); see ui_fixtures.py.
+The auth tests at the bottom need no browser: they are plain HTTP against a server with --gradio-auth.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from modules.queue import JobQueue
+from tests import ui_browser_helpers as ui
+from tests.ui_fixtures import FakeEngine
+
+needs_chromium = pytest.mark.skipif(not ui.CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+browser_test = [pytest.mark.browser, needs_chromium]
+TABS = ("txt2img", "img2img", "Inpaint", "ControlNet", "Extras (upscale)", "PNG Info", "Queue", "Settings", "Extensions")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("palette-ui")
+    engine = FakeEngine(root, step_time=0.01, slow_step=0.25)
+    engine.notices.append("config.json was unreadable; moved to config.json.corrupt-test, defaults used")
+    queue = JobQueue(engine, max_size=16)
+    with ui.running_server(engine, queue) as url:
+        yield url, engine, queue
+    queue.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not ui.CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(ui.CHROMIUM), args=ui.CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def new_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.errors = []  # console errors and uncaught exceptions
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.set_default_timeout(20_000)
+    page.goto(url)
+    page.wait_for_selector("#txt2img-generate")
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    p = new_page(browser, server[0])
+    yield p
+    p.close()
+
+
+def generate(page, tab: str = "txt2img") -> str:
+    """Click Generate and return the infotext once an image is shown."""
+    page.locator(f"#{tab}-generate").click()
+    ui.gallery_images(page, tab).first.wait_for()
+    page.locator(f"#{tab}-infotext .infotext-body").wait_for()
+    return page.locator(f"#{tab}-infotext").inner_text()
+
+
+@pytest.mark.usefixtures("server")
+class TestBrowser:
+    pytestmark = browser_test
+
+    def test_generate_shows_image_and_infotext(self, page):
+        ui.fill_text(page, "txt2img-prompt", "a lighthouse at dusk <b>bold</b>")
+        text = generate(page)
+        assert "a lighthouse at dusk <b>bold</b>" in text  # escaped: shown as text, not markup
+        assert page.locator("#txt2img-infotext b").count() == 0
+        assert "Steps: 20" in text and "Sampler: Euler a" in text
+        assert page.locator("#txt2img-prompt-tokens").inner_text().endswith("/75")
+        ui.screenshot(page, "txt2img-result")
+        assert page.errors == []
+
+    def test_sampler_size_and_seed_reach_the_infotext(self, page):
+        ui.fill_text(page, "txt2img-prompt", "a red fox")
+        ui.choose(page, "txt2img-sampler", "DPM++ 2M")
+        ui.choose(page, "txt2img-scheduler", "Karras")
+        ui.set_number(page, "txt2img-width", 640)
+        ui.set_number(page, "txt2img-height", 448)
+        ui.set_number(page, "txt2img-steps", 7)
+        page.locator("#txt2img-seed input").fill("4242")
+        text = generate(page)
+        for part in ("Sampler: DPM++ 2M", "Schedule type: Karras", "Seed: 4242", "Size: 640x448", "Steps: 7"):
+            assert part in text
+        page.locator("#txt2img-swap-size").click()
+        page.wait_for_function("document.querySelector('#txt2img-width input[type=number]')?.value == '448'")
+        page.locator("#txt2img-random-seed").click()
+        page.wait_for_function("document.querySelector('#txt2img-seed input')?.value == '-1'")
+        page.locator("#txt2img-reuse-seed").click()
+        page.wait_for_function("document.querySelector('#txt2img-seed input')?.value == '4242'")
+
+    def test_interrupt_keeps_finished_images_and_shows_preview(self, page, server):
+        _, engine, _ = server
+        engine.settings = engine.settings.with_overrides({"live_preview_every": 2})
+        ui.fill_text(page, "txt2img-prompt", "slow lighthouse")
+        ui.set_number(page, "txt2img-steps", 6)
+        ui.set_number(page, "txt2img-batch-count", 3)
+        page.locator("#txt2img-generate").click()
+        page.locator("#txt2img-preview img").wait_for()  # live preview while running
+        page.wait_for_function("document.querySelector('#txt2img-progress')?.innerText?.includes('image 2/3')")
+        assert re.search(r"ETA \d+s", page.locator("#txt2img-progress").inner_text())
+        ui.screenshot(page, "txt2img-progress")
+        page.locator("#txt2img-interrupt").click()
+        page.wait_for_function("document.querySelector('#txt2img-progress')?.innerText?.includes('Interrupted')")
+        assert "kept 1 finished image" in page.locator("#txt2img-progress").inner_text()
+        assert ui.gallery_images(page, "txt2img").count() >= 1
+
+    def test_png_info_send_to_txt2img_restores_fields(self, page, tmp_path):
+        infotext = ("a castle on a hill\nNegative prompt: fog\nSteps: 31, Sampler: DPM++ 2M, Schedule type: Karras, "
+                    "CFG scale: 4.5, Seed: 987654, Size: 576x704, Model hash: 0123456789, Model: alpha")
+        meta = PngInfo()
+        meta.add_text("parameters", infotext)
+        path = tmp_path / "with-params.png"
+        Image.new("RGB", (64, 64), (10, 120, 200)).save(path, pnginfo=meta)
+        ui.open_tab(page, "PNG Info")
+        page.locator("#png-info-image input[type=file]").set_input_files(str(path))
+        page.locator("#png-info-text .infotext-body").wait_for()
+        assert "Seed: 987654" in page.locator("#png-info-text").inner_text()
+        ui.screenshot(page, "png-info")
+        page.locator("#png-info-send-to-txt2img").click()
+        page.wait_for_function("document.querySelector('#txt2img-prompt textarea')?.value == 'a castle on a hill'")
+        assert ui.text_value(page, "txt2img-negative-prompt") == "fog"
+        assert ui.number_value(page, "txt2img-steps") == "31"
+        assert ui.number_value(page, "txt2img-width") == "576" and ui.number_value(page, "txt2img-height") == "704"
+        assert ui.number_value(page, "txt2img-cfg") == "4.5"
+        assert page.locator("#txt2img-seed input").input_value() == "987654"
+        assert ui.dropdown_value(page, "txt2img-sampler") == "DPM++ 2M"
+        assert ui.dropdown_value(page, "txt2img-scheduler") == "Karras"
+        ui.open_tab(page, "PNG Info")
+        page.locator("#png-info-send-to-img2img").click()
+        page.wait_for_function("document.querySelector('#img2img-prompt textarea')?.value == 'a castle on a hill'")
+        page.locator("#img2img-init-image img").wait_for()
+
+    def test_switch_checkpoint_from_dropdown(self, page, server):
+        _, engine, _ = server
+        beta = next(i for i in engine.list_checkpoints() if i.name == "beta.safetensors")
+        ui.choose(page, "checkpoint", beta.title)
+        page.wait_for_function("document.querySelector('#model-status')?.innerText?.includes('beta.safetensors')")
+        assert engine.current_checkpoint.name == "beta.safetensors"
+        assert json.loads(engine.settings_path.read_text())["sd_model_checkpoint"] == "beta.safetensors"
+        ui.fill_text(page, "txt2img-prompt", "on beta")
+        assert "Model: beta" in generate(page)
+        ui.choose(page, "checkpoint", engine.list_checkpoints()[0].title)
+        page.wait_for_function("document.querySelector('#model-status')?.innerText?.includes('alpha.safetensors')")
+
+    def test_every_tab_opens_without_console_errors(self, page):
+        assert "corrupt-test" in page.locator("#palette-notices").inner_text()
+        for label in TABS:
+            ui.open_tab(page, label)
+            page.wait_for_timeout(300)
+            ui.screenshot(page, "tab-" + re.sub(r"\W+", "-", label.lower()).strip("-"))
+        for notice in ("#inpaint-notice", "#controlnet-notice", "#extras-notice", "#extensions-notice"):
+            assert "not available yet" in page.locator(notice).inner_text()
+        assert page.errors == []
+
+    def test_settings_apply_saves_config(self, page, server):
+        _, engine, _ = server
+        ui.open_tab(page, "Settings")
+        page.get_by_role("tab", name="Live previews", exact=True).click()
+        ui.set_number(page, "setting-live_preview_every", 7)
+        page.locator("#settings-apply").click()
+        page.wait_for_function("document.querySelector('#settings-result')?.innerText?.includes('Saved')")
+        assert engine.settings.live_preview_every == 7
+        assert json.loads(engine.settings_path.read_text())["live_preview_every"] == 7
+
+    def test_queue_tab_lists_and_cancels_own_job(self, page, server):
+        ui.fill_text(page, "txt2img-prompt", "slow queued castle")
+        ui.set_number(page, "txt2img-steps", 40)
+        page.locator("#txt2img-generate").click()
+        page.wait_for_function("document.querySelector('#txt2img-progress')?.innerText?.includes('Step')")
+        ui.open_tab(page, "Queue")
+        page.locator(".queue-row", has_text="slow queued castle").wait_for()
+        ui.screenshot(page, "queue")
+        page.locator(".queue-row", has_text="slow queued castle").locator(".queue-cancel").click()
+        ui.open_tab(page, "txt2img")
+        page.wait_for_function("document.querySelector('#txt2img-progress')?.innerText?.includes('Interrupted')")
+
+    def test_two_sessions_each_see_only_their_own_job(self, browser, server):
+        url = server[0]
+        pages = [new_page(browser, url), new_page(browser, url)]
+        try:
+            for n, p in enumerate(pages):
+                ui.fill_text(p, "txt2img-prompt", f"slow session {n}")
+                ui.set_number(p, "txt2img-steps", 4)
+            for p in pages:
+                p.locator("#txt2img-generate").click()
+            texts = []
+            for p in pages:
+                ui.gallery_images(p, "txt2img").first.wait_for()
+                p.locator("#txt2img-infotext .infotext-body").wait_for()
+                texts.append(p.locator("#txt2img-infotext").inner_text())
+            assert texts[0].startswith("slow session 0") and "session 1" not in texts[0]
+            assert texts[1].startswith("slow session 1") and "session 0" not in texts[1]
+        finally:
+            for p in pages:
+                p.close()
+
+
+# ---- authentication and file serving (plain HTTP) ------------------------------------------------------
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("palette-auth")
+    out = root / "outputs" / "txt2img-images"
+    out.mkdir(parents=True)
+    (out / "image.txt").write_text("an output")
+    (root / "config.json").write_text("{}")
+    engine = FakeEngine(root)
+    queue = JobQueue(engine)
+    with ui.running_server(engine, queue, auth=[("alice", "s3cret")]) as url:
+        yield url, root
+    queue.shutdown()
+
+
+def test_auth_required_on_page_queue_and_files(auth_server):
+    url, root = auth_server
+    output_file = root / "outputs" / "txt2img-images" / "image.txt"
+    with httpx.Client(base_url=url, timeout=10) as anon:
+        page = anon.get("/")
+        assert page.status_code == 200 and '"auth_required":true' in page.text.replace(" ", "")
+        assert "txt2img-generate" not in page.text  # the login form, not the app
+        assert anon.get("/config").status_code in (401, 403)
+        assert anon.get("/gradio_api/info").status_code in (401, 403)
+        join = anon.post("/gradio_api/queue/join", json={"data": [], "fn_index": 0, "session_hash": "x"})
+        assert join.status_code in (401, 403)
+        assert anon.get(f"/gradio_api/file={output_file}").status_code in (401, 403)
+        assert anon.post("/gradio_api/upload", files={"files": ("a.txt", b"x")}).status_code in (401, 403)
+        assert anon.post("/login", data={"username": "alice", "password": "wrong"}).status_code >= 400
+
+
+@pytest.mark.parametrize("path", [
+    "../../etc/passwd", "/etc/passwd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "..%2f..%2f..%2fetc%2fpasswd",
+    "%252e%252e%252fetc%252fpasswd", "..%5c..%5cetc%5cpasswd", "{root}/config.json",
+    "{root}/outputs/txt2img-images/../../config.json", "{root}/outputs/txt2img-images/%2e%2e/%2e%2e/config.json",
+])
+def test_file_route_refuses_paths_outside_outputs(auth_server, path):
+    url, root = auth_server
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/login", data={"username": "alice", "password": "s3cret"}).status_code == 200
+        ok = client.get(f"/gradio_api/file={root}/outputs/txt2img-images/image.txt")
+        assert ok.status_code == 200 and ok.text == "an output"  # the control: outputs are served
+        cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    assert raw_get(url, f"/gradio_api/file={root}/outputs/txt2img-images/image.txt", cookie)[0] == 200
+    status, body = raw_get(url, "/gradio_api/file=" + path.format(root=root), cookie)
+    assert status in (400, 403, 404), (path, status)
+    assert "root:" not in body and body.strip() != "{}"
+
+
+def raw_get(url: str, path: str, cookie: str) -> tuple[int, str]:
+    """GET with the path sent byte for byte (no client-side `..` normalisation)."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def test_only_output_folders_are_served(tmp_path):
+    from webui.server import served_folders
+
+    engine = FakeEngine(tmp_path)
+    assert served_folders(engine, tmp_path) == sorted(str((tmp_path / getattr(engine.settings, n)).resolve()) for n in (
+        "outdir_extras_samples", "outdir_img2img_samples", "outdir_grids", "outdir_txt2img_samples"))
+    engine.update_settings(outdir_grids=str(tmp_path), outdir_extras_samples="/")
+    folders = served_folders(engine, tmp_path)
+    assert str(tmp_path) not in folders and "/" not in folders and len(folders) == 2

@@ -1,0 +1,227 @@
+"""Widget values ⇄ GenerationRequest: the only code that knows both.
+
+Every widget is keyed by the name of the request field it edits (`steps`, `cfg_scale`, …), so event
+handlers receive `**values` keyed by field name and nothing is positional. Type coercion follows the
+request's type hints; the few fields whose widget shows something else (a label for an index, a
+"Use same sampler" choice for None) have an explicit converter in `SPECIAL`.
+"""
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from modules.types import RESIZE_MODES, GenerationRequest
+from modules.validation import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
+
+SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
+AUTOMATIC_VAE = "Automatic"
+HR_UPSCALERS = LATENT_UPSCALE_MODES + PIXEL_UPSCALERS
+# Used only until modules.sampling provides its registries (and engine.samplers()).
+FALLBACK_SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "Euler a", "Euler", "Heun", "DPM2", "DPM2 a", "LMS", "DDIM")
+FALLBACK_SCHEDULES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "Simple", "Normal")
+
+# Which request fields each generation tab edits (the top bar adds checkpoint, vae, clip_skip).
+TOP_BAR = ("checkpoint", "vae", "clip_skip")
+COMMON = (
+    "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
+    "n_iter", "batch_size", "seed", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+)
+HIRES = (
+    "enable_hr", "hr_upscaler", "hr_second_pass_steps", "hr_denoising_strength", "hr_scale", "hr_resize_x",
+    "hr_resize_y", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+)
+TXT2IMG_FIELDS = TOP_BAR + COMMON + HIRES
+IMG2IMG_FIELDS = TOP_BAR + COMMON + ("init_images", "resize_mode", "denoising_strength")
+
+
+@dataclass(frozen=True)
+class Converter:
+    to_request: Callable[[Any], Any]
+    to_widget: Callable[[Any], Any]
+
+
+def _first_image(images: tuple[Any, ...]) -> Any:
+    return images[0] if images else None
+
+
+def _resize_index(label: Any) -> int:
+    if isinstance(label, int):
+        return label
+    return RESIZE_MODES.index(label) if label in RESIZE_MODES else 0
+
+
+SPECIAL: dict[str, Converter] = {
+    "checkpoint": Converter(lambda v: v or None, lambda v: v or None),
+    "vae": Converter(lambda v: None if v in (None, "", AUTOMATIC_VAE) else v, lambda v: v or AUTOMATIC_VAE),
+    "init_images": Converter(lambda v: (v,) if v is not None else (), _first_image),
+    "resize_mode": Converter(_resize_index, lambda v: RESIZE_MODES[v]),
+    "hr_sampler_name": Converter(lambda v: None if v in (None, "", SAME_SAMPLER) else v, lambda v: v or SAME_SAMPLER),
+    "hr_scheduler": Converter(lambda v: None if v in (None, "", SAME_SCHEDULER) else v, lambda v: v or SAME_SCHEDULER),
+}
+
+_HINTS = typing.get_type_hints(GenerationRequest)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Widget value → the request field's type (sliders send floats, numbers may send None)."""
+    hint = _HINTS[name]
+    default = getattr(GenerationRequest(), name)
+    if value is None:
+        return default
+    if hint is int:
+        return int(round(float(value)))
+    if hint is float:
+        return float(value)
+    if hint is bool:
+        return bool(value)
+    if hint is str:
+        return str(value)
+    return value
+
+
+def check_widgets(widgets: Mapping[str, Any], expected: tuple[str, ...]) -> None:
+    """A tab must bind exactly its fields: a missing or extra widget is a bug caught at build time."""
+    if set(widgets) != set(expected):
+        raise RuntimeError(f"widgets do not match the binding table: {sorted(set(widgets) ^ set(expected))}")
+
+
+def request_from_values(values: Mapping[str, Any], base: GenerationRequest | None = None) -> GenerationRequest:
+    """Build a request from widget values keyed by field name; unknown keys are a programming error."""
+    unknown = sorted(set(values) - set(GenerationRequest.field_names()))
+    if unknown:
+        raise KeyError(f"no GenerationRequest field for widget(s): {', '.join(unknown)}")
+    changes = {}
+    for name, value in values.items():
+        conv = SPECIAL.get(name)
+        changes[name] = conv.to_request(value) if conv else _coerce(name, value)
+    return (base or GenerationRequest()).replace(**changes)
+
+
+def values_from_request(request: GenerationRequest, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The widget value for every field in `names` (default: every field the UI shows)."""
+    out = {}
+    for name in names or tuple(dict.fromkeys(TXT2IMG_FIELDS + IMG2IMG_FIELDS)):
+        value = getattr(request, name)
+        conv = SPECIAL.get(name)
+        out[name] = conv.to_widget(value) if conv else value
+    return out
+
+
+# ---- infotext ---------------------------------------------------------------------------------------
+def params_from_infotext(text: str) -> dict[str, Any]:
+    """A1111 "parameters" text → its key/value mapping (modules.infotext.parse when available)."""
+    try:
+        from modules.infotext import parse
+    except ImportError:
+        return _parse_fallback(text)
+    return dict(parse(text))
+
+
+def request_from_infotext(text: str) -> GenerationRequest:
+    params = params_from_infotext(text)
+    try:
+        from modules.infotext import request_from_params
+    except ImportError:
+        return _request_fallback(params)
+    return request_from_params(params)
+
+
+# Paste never switches the model or VAE behind the user's back, and never touches the init image.
+PASTE_SKIPS = ("checkpoint", "vae", "init_images")
+
+
+def values_from_infotext(text: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """Widget values to fill from an infotext ("Send to txt2img" in PNG Info)."""
+    wanted = tuple(n for n in names if n not in PASTE_SKIPS)
+    return values_from_request(request_from_infotext(text), wanted)
+
+
+_PAIR = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _parse_fallback(text: str) -> dict[str, Any]:
+    """Minimal A1111 parser, used only until modules.infotext lands."""
+    lines = text.strip().split("\n")
+    last = lines[-1] if lines and len(_PAIR.findall(lines[-1])) >= 3 else ""
+    body = lines[:-1] if last else lines
+    prompt, negative, into_negative = [], [], False
+    for line in body:
+        if line.startswith("Negative prompt:"):
+            into_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if into_negative else prompt).append(line)
+    params: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for key, value in _PAIR.findall(last):
+        params[key.strip()] = value.strip().strip('"')
+    return params
+
+
+_FALLBACK_KEYS = {
+    "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
+    "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Clip skip": ("clip_skip", int),
+    "Denoising strength": ("denoising_strength", float), "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float), "Hires upscale": ("hr_scale", float),
+    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
+}
+
+
+def _request_fallback(params: Mapping[str, Any]) -> GenerationRequest:
+    changes: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
+    for key, (name, kind) in _FALLBACK_KEYS.items():
+        if key in params:
+            changes[name] = kind(float(params[key])) if kind is int else kind(params[key])
+    if "Size" in params:
+        w, _, h = str(params["Size"]).partition("x")
+        changes["width"], changes["height"] = int(w), int(h)
+    changes["enable_hr"] = "Hires upscale" in params or "Hires upscaler" in params
+    if changes["enable_hr"] and "denoising_strength" in changes:  # A1111 writes the hires denoise there
+        changes["hr_denoising_strength"] = changes["denoising_strength"]
+    return GenerationRequest(**changes)
+
+
+# ---- lists the widgets offer ------------------------------------------------------------------------
+def sampler_choices(engine: Any) -> list[str]:
+    """A1111 sampler labels: the engine's list, else the sampler registry, else the fallback."""
+    if hasattr(engine, "samplers"):
+        return list(engine.samplers())
+    try:
+        from modules.sampling.samplers import SAMPLERS
+    except ImportError:
+        return list(FALLBACK_SAMPLERS)
+    return list(SAMPLERS)
+
+
+def schedule_choices(engine: Any) -> list[str]:
+    if hasattr(engine, "schedulers"):
+        return list(engine.schedulers())
+    try:
+        from modules.sampling.schedules import SCHEDULES
+    except ImportError:
+        return list(FALLBACK_SCHEDULES)
+    return ["Automatic", *(s for s in SCHEDULES if s != "Automatic")]
+
+
+def token_count(engine: Any, text: str) -> tuple[int, int]:
+    """(tokens, limit) for the `N/75` counter; the limit grows by 75 per chunk as A1111's does."""
+    if hasattr(engine, "token_count"):
+        count = int(engine.token_count(text))
+    else:
+        count = _rough_token_count(text)
+    return count, max(75, -(-count // 75) * 75)
+
+
+_TAGS = re.compile(r"<[^>]*>")
+_WEIGHTS = re.compile(r":\s*-?[\d.]+\s*(?=[)\]])")
+_SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")
+
+
+def _rough_token_count(text: str) -> int:
+    """Tokens after dropping `<lora:…>` tags, `:1.2` weights and brackets (close to A1111's count)."""
+    plain = _SYNTAX.sub(" ", _WEIGHTS.sub("", _TAGS.sub("", text)))
+    try:
+        from modules.tokenizer import default_tokenizer
+    except ImportError:
+        return len(re.findall(r"\w+|[^\w\s]", plain))
+    return len(default_tokenizer().encode(plain))

@@ -1,0 +1,35 @@
+"""The txt2img tab: prompt, sampler, size, batch, seed, hires fix, and the output panel."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from webui import bindings, components, generation, send
+from webui.context import UIContext
+
+TAB = "txt2img"
+SEND_TARGETS = ("img2img", "inpaint", "extras")
+
+
+def build(ctx: UIContext, top: dict[str, Any]) -> None:
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompts = components.prompt_box(ctx.engine, TAB, ctx.styles.names() if ctx.styles else [])
+            widgets: dict[str, Any] = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
+            widgets |= components.sampler_row(ctx.engine, TAB)
+            size, _ = components.size_rows(TAB)
+            widgets |= size
+            seeds = components.seed_row(TAB)
+            widgets |= seeds.widgets
+            widgets |= components.hires_fix(ctx.engine, TAB)
+        with gr.Column(scale=4):
+            panel = components.output_panel(TAB, ctx.is_local, SEND_TARGETS)
+    widgets |= top
+    bindings.check_widgets(widgets, bindings.TXT2IMG_FIELDS)
+    ctx.widgets[TAB] = widgets
+    generation.wire_generation(ctx, TAB, widgets, prompts.styles, panel)
+    generation.wire_reuse_seed(panel, seeds.reuse_seed, seeds.reuse_subseed, widgets["seed"], widgets["subseed"])
+    send.wire_styles(ctx, prompts)
+    send.wire_open_folder(ctx, panel, "outdir_txt2img_samples")
+    ctx.later(lambda c: send.wire_send_buttons(c, panel))
