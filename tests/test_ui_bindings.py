@@ -180,3 +180,23 @@ def test_settings_tab_covers_every_option_and_saves(tmp_path):
     assert saved["live_preview_every"] == 3 and saved["family_overrides"] == {"a.safetensors": "sd2"}
     bad = settings_tab.apply(ctx, {**values, "family_overrides": "[1, 2"})
     assert "Not saved" in bad and "family_overrides" in bad
+
+
+def test_building_the_ui_loads_no_model_and_shows_loading(tmp_path):
+    import threading
+
+    from webui.app import build_ui, model_status
+
+    engine = FakeEngine(tmp_path)
+    queue = JobQueue(engine)
+    release = threading.Event()
+    queue.submit_task(lambda: release.wait(10), label="Loading alpha.safetensors")
+    try:
+        demo = build_ui(engine, queue)
+        assert engine.current_checkpoint is None and engine.calls == []
+        text, busy = model_status(demo.palette_context)
+        assert busy and "Loading alpha.safetensors" in text
+    finally:
+        release.set()
+        queue.shutdown()
+    assert model_status(demo.palette_context) == ("<span class='model-idle'>No model loaded yet; it loads with the first job.</span>", False)

@@ -77,6 +77,8 @@ class TestBrowser:
 
     def test_generate_shows_image_and_infotext(self, page):
         ui.fill_text(page, "txt2img-prompt", "a lighthouse at dusk <b>bold</b>")
+        page.locator("#txt2img-prompt textarea").press("Control+Enter")  # A1111's shortcut for Generate
+        ui.gallery_images(page, "txt2img").first.wait_for()
         text = generate(page)
         assert "a lighthouse at dusk <b>bold</b>" in text  # escaped: shown as text, not markup
         assert page.locator("#txt2img-infotext b").count() == 0
@@ -144,6 +146,19 @@ class TestBrowser:
         page.locator("#png-info-send-to-img2img").click()
         page.wait_for_function("document.querySelector('#img2img-prompt textarea')?.value == 'a castle on a hill'")
         page.locator("#img2img-init-image img").wait_for()
+
+    def test_styles_save_and_apply(self, page):
+        ui.fill_text(page, "txt2img-prompt", "cinematic still of {prompt}, film grain")
+        ui.fill_text(page, "txt2img-negative-prompt", "cartoon")
+        page.locator("#txt2img-style-name textarea").fill("cinematic")
+        page.locator("#txt2img-save-style").click()
+        page.wait_for_function("document.querySelector('#txt2img-style-name textarea')?.value === ''")
+        ui.fill_text(page, "txt2img-prompt", "a fox")
+        ui.fill_text(page, "txt2img-negative-prompt", "blurry")
+        ui.choose(page, "txt2img-styles", "cinematic")
+        page.locator("#txt2img-apply-styles").click()
+        page.wait_for_function("document.querySelector('#txt2img-prompt textarea')?.value.startsWith('cinematic still of a fox')")
+        assert ui.text_value(page, "txt2img-negative-prompt") == "blurry, cartoon"
 
     def test_switch_checkpoint_from_dropdown(self, page, server):
         _, engine, _ = server
@@ -282,3 +297,23 @@ def test_only_output_folders_are_served(tmp_path):
     engine.update_settings(outdir_grids=str(tmp_path), outdir_extras_samples="/")
     folders = served_folders(engine, tmp_path)
     assert str(tmp_path) not in folders and "/" not in folders and len(folders) == 2
+
+
+def test_page_answers_while_the_worker_is_busy(tmp_path):
+    """A model load on the worker must not hold up HTTP: the page and config come back at once."""
+    import threading
+    import time
+
+    engine = FakeEngine(tmp_path)
+    queue = JobQueue(engine)
+    release = threading.Event()
+    queue.submit_task(lambda: release.wait(30), label="Loading alpha.safetensors")
+    try:
+        with ui.running_server(engine, queue) as url, httpx.Client(base_url=url, timeout=10) as client:
+            start = time.monotonic()
+            assert client.get("/").status_code == 200
+            assert client.get("/config").status_code == 200
+            assert time.monotonic() - start < 5
+    finally:
+        release.set()
+        queue.shutdown()

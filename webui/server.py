@@ -14,6 +14,7 @@ import gradio as gr
 
 log = logging.getLogger(__name__)
 STYLE_CSS = Path(__file__).with_name("style.css")
+SCRIPT_JS = Path(__file__).with_name("script.js")
 OUTDIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids")
 MAX_UPLOAD = "64mb"
 ApiHook = Callable[[Any], None]  # receives the FastAPI app; adds routes (not middleware: it is running)
@@ -100,7 +101,8 @@ def launch_ui(
         ssr_mode=False,
         quiet=quiet,
         footer_links=["gradio", "settings"],
-        css=STYLE_CSS.read_text(encoding="utf-8") if STYLE_CSS.is_file() else None,
+        css=STYLE_CSS.read_text(encoding="utf-8"),
+        js=SCRIPT_JS.read_text(encoding="utf-8"),
     )
     if hook is not None:
         hook(app)
