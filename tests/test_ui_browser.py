@@ -121,6 +121,24 @@ class TestBrowser:
         assert "kept 1 finished image" in page.locator("#txt2img-progress").inner_text()
         assert ui.gallery_images(page, "txt2img").count() >= 1
 
+    def test_send_to_img2img_and_generate(self, page):
+        ui.open_tab(page, "img2img")
+        page.locator("#img2img-generate").click()
+        page.locator("#img2img-progress .palette-error").wait_for()
+        assert "needs an input image" in page.locator("#img2img-progress").inner_text()
+        ui.open_tab(page, "txt2img")
+        ui.fill_text(page, "txt2img-prompt", "a harbour")
+        ui.set_number(page, "txt2img-steps", 9)
+        generate(page)
+        page.locator("#txt2img-send-to-img2img").click()
+        page.locator("#img2img-init-image img").wait_for()
+        assert ui.text_value(page, "img2img-prompt") == "a harbour"
+        assert ui.number_value(page, "img2img-steps") == "9"
+        ui.set_number(page, "img2img-denoise", 0.35)
+        text = generate(page, "img2img")
+        assert text.startswith("a harbour") and "Denoising strength: 0.35" in text
+        ui.screenshot(page, "img2img-result")
+
     def test_png_info_send_to_txt2img_restores_fields(self, page, tmp_path):
         infotext = ("a castle on a hill\nNegative prompt: fog\nSteps: 31, Sampler: DPM++ 2M, Schedule type: Karras, "
                     "CFG scale: 4.5, Seed: 987654, Size: 576x704, Model hash: 0123456789, Model: alpha")

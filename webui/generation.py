@@ -91,6 +91,8 @@ def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: A
         session = session_of(request)
         try:
             job_request = build_request(ctx, values, styles)
+            if tab == "img2img" and not job_request.init_images:
+                raise ValueError("img2img needs an input image: upload one, or use \"Send to img2img\".")
             job = ctx.queue.submit(job_request, owner=owner_of(request))
         except (QueueFullError, ValueError, KeyError, TypeError) as exc:
             yield {panel.progress: error_html(str(exc))}
