@@ -200,3 +200,20 @@ def test_building_the_ui_loads_no_model_and_shows_loading(tmp_path):
         release.set()
         queue.shutdown()
     assert model_status(demo.palette_context) == ("<span class='model-idle'>No model loaded yet; it loads with the first job.</span>", False)
+
+
+def test_ui_builds_on_the_real_engine_without_loading(tmp_path):
+    """The UI only calls what modules.engine.Engine really has (the fake could drift)."""
+    from modules.engine import Engine
+    from modules.paths import ModelPaths
+    from webui.app import build_ui, model_status
+
+    engine = Engine(ModelPaths.create(tmp_path), settings_path=tmp_path / "config.json", outputs_root=tmp_path)
+    queue = JobQueue(engine)
+    try:
+        ctx = build_ui(engine, queue).palette_context
+        assert engine.current_checkpoint is None
+        assert "No model loaded yet" in model_status(ctx)[0]
+        assert bindings.sampler_choices(engine) and bindings.schedule_choices(engine)[0] == "Automatic"
+    finally:
+        queue.shutdown()
