@@ -243,6 +243,68 @@ class TestBrowser:
                 p.close()
 
 
+# ---- the real engine with tiny random checkpoints ------------------------------------------------------------
+def pipeline_missing() -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec("modules.pipeline") else "modules.pipeline has not landed yet"
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    from modules.engine import Engine
+    from modules.paths import ModelPaths
+    from tests.tiny_models import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("palette-real")
+    paths = ModelPaths.create(root)
+    paths.ensure()
+    for name, seed in (("tiny-a.safetensors", 1), ("tiny-b.safetensors", 2)):
+        write_tiny_checkpoint(paths.folder("checkpoints") / name, seed=seed)
+    engine = Engine(paths, settings_path=root / "config.json", outputs_root=root)
+    queue = JobQueue(engine, max_size=8)
+    queue.preload()
+    with ui.running_server(engine, queue) as url:
+        yield url, engine, queue
+    queue.shutdown()
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_real_engine_switches_checkpoint(browser, real_server):
+    url, engine, _ = real_server
+    page = new_page(browser, url)
+    try:
+        page.wait_for_function("document.querySelector('#model-status')?.innerText?.includes('tiny-a')")
+        ui.choose(page, "checkpoint", "tiny-b.safetensors")
+        page.wait_for_function("document.querySelector('#model-status')?.innerText?.includes('Model: tiny-b')")
+        assert engine.current_checkpoint.name == "tiny-b.safetensors"
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+@needs_chromium
+@pytest.mark.skipif(pipeline_missing() is not None, reason=pipeline_missing() or "")
+def test_real_engine_generates_with_tiny_model(browser, real_server):
+    url, _, _ = real_server
+    page = new_page(browser, url)
+    try:
+        ui.fill_text(page, "txt2img-prompt", "a tiny test")
+        for elem, value in (("txt2img-width", 64), ("txt2img-height", 64), ("txt2img-steps", 2)):
+            ui.set_number(page, elem, value)
+        ui.choose(page, "txt2img-sampler", "Euler")
+        page.locator("#txt2img-seed input").fill("77")
+        text = generate(page)
+        for part in ("a tiny test", "Steps: 2", "Sampler: Euler", "Seed: 77", "Size: 64x64"):
+            assert part in text
+        ui.screenshot(page, "real-engine-txt2img")
+        assert page.errors == []
+    finally:
+        page.close()
+
+
 # ---- authentication and file serving (plain HTTP) ------------------------------------------------------
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
