@@ -156,7 +156,19 @@ def load_checkpoint(
     """Read, validate, detect and build. Raises WeightFileError / UnknownModelError with the file name;
     nothing about any previously loaded model is touched."""
     path = Path(path)
-    sd = open_weights(path)
+    return build_bundle(open_weights(path), path, plan, family_override=family_override,
+                        prediction_override=prediction_override)
+
+
+def build_bundle(
+    sd: Mapping[str, Any],
+    path: Path,
+    plan: DevicePlan,
+    *,
+    family_override: str | None = None,
+    prediction_override: str | None = None,
+) -> ModelBundle:
+    """Detect and build from an opened state dict (values: LazyTensors, tensors, or meta tensors)."""
     detection = detect(sd, path, family_override=family_override, prediction_override=prediction_override)
     family = detection.family
 
@@ -170,6 +182,11 @@ def load_checkpoint(
     missing_unet, used_unet = assign_weights(unet, _prefixed(sd, UNET_PREFIX, remap), plan.unet_dtype, plan.device)
     missing_vae, used_vae = assign_weights(autoencoder, _prefixed(sd, VAE_PREFIX), plan.vae_dtype, plan.device)
     text, text_used, text_missing = TextEncoderStack.from_state_dict(sd, family, plan)
+    if text.context_dim != detection.unet_config.context_dim:
+        raise WeightFileError(
+            f"{path.name}: text encoders give {text.context_dim}-wide context but the UNet expects "
+            f"{detection.unet_config.context_dim}: the file mixes parts of different models"
+        )
 
     used = used_unet | used_vae | set(text_used)
     ignored, unexpected = [], []

@@ -121,7 +121,7 @@ def detect(
             f"{path.name}: unknown model family: UNet context_dim={unet_config.context_dim}, "
             f"adm_in_channels={unet_config.adm_in_channels}, model_channels={unet_config.model_channels}, "
             f"in_channels={unet_config.in_channels}; checked "
-            + "; ".join(f"{f.name} ({dict(f.unet_match)}, text encoder at {f.marker_key})" for f in FAMILIES)
+            + "; ".join(f"{f.name} (text encoder at {f.marker_key}, ADM input {'yes' if f.needs_adm else 'no'})" for f in FAMILIES)
         )
     family = matches[0]
     head_field, head_value = family.head_layout

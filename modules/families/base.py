@@ -25,7 +25,7 @@ class Family:
     """A model family: identity, where its parts are, and the constants sampling needs."""
 
     name: str  # shown to users: "SD1", "SD2", "SDXL", "SDXL Refiner"
-    unet_match: Mapping[str, Any]  # UNetConfig fields that must equal these values
+    needs_adm: bool  # the UNet takes an ADM vector (`label_emb`): SDXL base and refiner
     marker_key: str  # a key only this family's files carry (where its text encoder sits)
     head_layout: tuple[str, int]  # ("num_heads", 8) or ("num_head_channels", 64)
     text_encoders: tuple[TextEncoderSlot, ...]
@@ -41,10 +41,11 @@ class Family:
     notes: tuple[str, ...] = field(default=())
 
     def matches(self, unet_config: Any, keys: Any) -> bool:
-        """Shape signature and text-encoder placement both fit. `keys` supports `in`."""
-        if self.marker_key not in keys:
-            return False
-        return all(getattr(unet_config, key) == value for key, value in self.unet_match.items())
+        """Text-encoder placement and the UNet's ADM input both fit. `keys` supports `in`.
+
+        Widths are deliberately not part of the signature (they are derived from shapes and checked
+        against the text encoders when loading), so narrow or distilled models of a family load too."""
+        return self.marker_key in keys and (unet_config.adm_in_channels is not None) == self.needs_adm
 
 
 # Variants are not separate families: the UNet's input channels tell them apart.

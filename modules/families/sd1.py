@@ -6,7 +6,7 @@ from .base import Family, TextEncoderSlot
 
 SD1 = Family(
     name="SD1",
-    unet_match={"adm_in_channels": None},
+    needs_adm=False,
     marker_key="cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
     head_layout=("num_heads", 8),
     text_encoders=(TextEncoderSlot("cond_stage_model.transformer.", "hf", "clip_l", pad_with_eos=True),),

@@ -8,7 +8,7 @@ from .base import Family, TextEncoderSlot
 
 SD2 = Family(
     name="SD2",
-    unet_match={"context_dim": 1024, "adm_in_channels": None},
+    needs_adm=False,
     marker_key="cond_stage_model.model.token_embedding.weight",
     head_layout=("num_head_channels", 64),
     text_encoders=(TextEncoderSlot("cond_stage_model.model.", "open_clip", "clip_h", pad_with_eos=False),),

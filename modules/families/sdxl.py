@@ -8,7 +8,7 @@ from .base import Family, TextEncoderSlot
 
 SDXL = Family(
     name="SDXL",
-    unet_match={"context_dim": 2048, "adm_in_channels": 2816},
+    needs_adm=True,
     marker_key="conditioner.embedders.1.model.token_embedding.weight",
     head_layout=("num_head_channels", 64),
     text_encoders=(
@@ -23,7 +23,7 @@ SDXL = Family(
 
 SDXL_REFINER = Family(
     name="SDXL Refiner",
-    unet_match={"context_dim": 1280, "adm_in_channels": 2560},
+    needs_adm=True,
     marker_key="conditioner.embedders.0.model.token_embedding.weight",
     head_layout=("num_head_channels", 64),
     text_encoders=(TextEncoderSlot("conditioner.embedders.0.model.", "open_clip", "clip_g", pad_with_eos=False),),
