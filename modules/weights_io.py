@@ -165,11 +165,20 @@ class SafetensorsFile(Mapping[str, LazyTensor]):
         if dtype is None or dtype == e.dtype:
             flat = torch.frombuffer(self._map(), dtype=e.dtype, count=_numel(e.shape), offset=self.data_offset + e.start)
             return flat.view(e.shape)
-        raw = torch.empty(e.nbytes, dtype=torch.uint8)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.data_offset + e.start)
-            f.readinto(memoryview(raw.numpy()))
-        return raw.view(e.dtype).view(e.shape).to(dtype)
+        start = self.data_offset + e.start
+        mapped = torch.frombuffer(self._map(), dtype=e.dtype, count=_numel(e.shape), offset=start)
+        converted = mapped.view(e.shape).to(dtype)
+        self._release(start, e.nbytes)
+        return converted
+
+    def _release(self, start: int, length: int) -> None:
+        """Drop the mapped pages of a tensor that was converted (its copy is what the model keeps), so
+        the file is not resident twice. Only whole pages inside the range are dropped."""
+        page = mmap.PAGESIZE
+        first = -(-start // page) * page
+        last = (start + length) // page * page
+        if last > first and hasattr(mmap, "MADV_DONTNEED"):
+            self._map().madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def __getitem__(self, name: str) -> LazyTensor:
         return LazyTensor(self, name, self.entries[name])
