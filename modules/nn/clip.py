@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from modules.nn.assign import assign_weights
 from modules.weights_io import WeightFileError, materialize
 
 HEAD_WIDTH = 64  # every CLIP text encoder SD uses has 64-wide attention heads
@@ -331,21 +332,8 @@ def load_text_encoder(
                 key = inner + key[len("text_model.") :]
             return (prefix + key, sd[prefix + key]) if prefix + key in sd else None
 
-    state: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    for key, ref in model.state_dict(keep_vars=True).items():
-        found = source(key)
-        if found is None:
-            missing.append(_file_key(key, prefix, layout))
-            continue
-        file_key, value = found
-        tensor = materialize(value, dtype if ref.dtype.is_floating_point else ref.dtype)
-        if tuple(tensor.shape) != tuple(ref.shape):
-            raise WeightFileError(f"{file_key}: shape {list(tensor.shape)} does not fit {list(ref.shape)}")
-        state[key] = tensor.to(device)
-        used.add(file_key)
-    model.load_state_dict(state, strict=False, assign=True)
+    missing_keys, used = assign_weights(model, source, dtype, torch.device(device))
+    missing = [_file_key(key, prefix, layout) for key in missing_keys]
     model.reset_buffers(device)
     return LoadedTextEncoder(model.eval().requires_grad_(False), used, missing)
 
