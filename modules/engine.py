@@ -114,6 +114,7 @@ class Engine:
         self._lock = threading.RLock()
         self._cache: OrderedDict[Path, ModelBundle] = OrderedDict()
         self._current: Path | None = None
+        self._vaes: dict[tuple[Path, float], object] = {}
 
     # ---- settings -------------------------------------------------------------------------------
     def update_settings(self, **changes) -> config_mod.Settings:
@@ -153,6 +154,21 @@ class Engine:
 
     def list_vaes(self) -> list[Path]:
         return self.paths.list_files("vae", VAE_EXTENSIONS)
+
+    def vae_for(self, bundle: ModelBundle, setting: str) -> tuple[object, Path | None]:
+        """(VAE, file) the "SD VAE" setting selects for `bundle`; loaded VAEs are cached by path."""
+        from modules.vae_files import choose_vae_path, load_vae_file
+
+        path = choose_vae_path(setting, bundle.path, self.list_vaes())
+        if path is None:
+            return bundle.vae, None
+        with self._lock:
+            key = (path, bundle.family.vae_scaling)
+            if key not in self._vaes:
+                self._vaes.clear()  # keep one external VAE in memory
+                self._vaes[key] = load_vae_file(path, self.plan, scaling=bundle.family.vae_scaling,
+                                                shift=bundle.family.vae_shift)
+            return self._vaes[key], path
 
     def model_hash(self, path: Path) -> str:
         return (self.hashes.sha256(path) or "")[:10]
