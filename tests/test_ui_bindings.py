@@ -89,7 +89,8 @@ def test_special_values_map_to_none():
     assert values == {"vae": "Automatic", "hr_sampler_name": "Use same sampler",
                       "hr_scheduler": "Use same scheduler", "init_images": None}
     request = bindings.request_from_values(values)
-    assert (request.vae, request.hr_sampler_name, request.hr_scheduler, request.init_images) == (None, None, None, ())
+    assert (request.hr_sampler_name, request.hr_scheduler, request.init_images) == (None, None, ())
+    assert request.vae == "Automatic"  # explicit, so another session's VAE choice never leaks into this job
 
 
 def test_unknown_widget_key_is_an_error():

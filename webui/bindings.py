@@ -55,7 +55,8 @@ def _resize_index(label: Any) -> int:
 
 SPECIAL: dict[str, Converter] = {
     "checkpoint": Converter(lambda v: v or None, lambda v: v or None),
-    "vae": Converter(lambda v: None if v in (None, "", AUTOMATIC_VAE) else v, lambda v: v or AUTOMATIC_VAE),
+    # The job carries the VAE the user sees ("Automatic" = the checkpoint's sidecar), not the global setting.
+    "vae": Converter(lambda v: v or None, lambda v: v or AUTOMATIC_VAE),
     "init_images": Converter(lambda v: (v,) if v is not None else (), _first_image),
     "resize_mode": Converter(_resize_index, lambda v: RESIZE_MODES[v]),
     "hr_sampler_name": Converter(lambda v: None if v in (None, "", SAME_SAMPLER) else v, lambda v: v or SAME_SAMPLER),
