@@ -24,7 +24,7 @@ from modules.nn.vae import AutoencoderKL
 from modules.patcher import ModelPatcher
 from modules.text_encoding import TextEncoderStack
 from modules.vae import VAE
-from modules.weights_io import SafetensorsFile, WeightFileError, open_weights
+from modules.weights_io import WeightFileError, open_weights
 
 # Keys real checkpoints carry that are not parameters of any network (DDPM buffers, EMA bookkeeping).
 IGNORED_KEY_PATTERNS = (
@@ -77,22 +77,48 @@ def _is_ignored(key: str) -> bool:
     return any(p.search(key) for p in IGNORED_KEY_PATTERNS)
 
 
-def remap_ema_only(sd: Mapping[str, Any], unet_keys: list[str]) -> dict[str, str]:
-    """LDM stores EMA weights as `model_ema.<name without dots>`. For EMA-only files, map each UNet key
-    to its EMA twin. Returns {unet_key_with_prefix: ema_key} for the keys that exist."""
-    mapping = {}
-    for key in unet_keys:
-        ema_key = "model_ema." + ("diffusion_model." + key).replace(".", "")
-        if ema_key in sd:
-            mapping[UNET_PREFIX + key] = ema_key
-    return mapping
+class EmaOnlyView(Mapping[str, Any]):
+    """An EMA-only LDM file seen as a normal one: `model_ema.<name without dots>` → `model.diffusion_model.<name>`."""
+
+    def __init__(self, sd: Mapping[str, Any], mapping: Mapping[str, str]) -> None:
+        self._sd = sd
+        self._map = dict(mapping)  # unet key (with prefix) → ema key
+        used = set(self._map.values())
+        self._keys = list(self._map) + [k for k in sd.keys() if k not in used]
+        self.metadata = getattr(sd, "metadata", {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._sd[self._map.get(key, key)]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._map or key in self._sd
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
-def _prefixed(sd: Mapping[str, Any], prefix: str, remap: Mapping[str, str] | None = None):
+def ema_only_view(sd: Mapping[str, Any]) -> Mapping[str, Any]:
+    """If the file has EMA UNet weights but no `model.diffusion_model.*`, map them back to their names
+    (LDM's EMA drops the dots, so the names come from the published UNet layouts)."""
+    if UNET_PREFIX + "input_blocks.0.0.weight" in sd or "model_ema.diffusion_modelinput_blocks00weight" not in sd:
+        return sd
+    from modules.nn.unet import published_configs
+
+    for config in published_configs().values():
+        with torch.device("meta"):
+            keys = list(UNetModel(config).state_dict().keys())
+        mapping = {UNET_PREFIX + k: "model_ema." + ("diffusion_model." + k).replace(".", "") for k in keys}
+        if all(v in sd for v in mapping.values()):
+            return EmaOnlyView(sd, mapping)
+    return sd
+
+
+def _prefixed(sd: Mapping[str, Any], prefix: str):
     def source(key: str):
         full = prefix + key
-        if remap and full in remap:
-            return remap[full], sd[remap[full]]
         if full in sd:
             return full, sd[full]
         return None
@@ -110,7 +136,7 @@ def load_checkpoint(
     """Read, validate, detect and build. Raises WeightFileError / UnknownModelError with the file name;
     nothing about any previously loaded model is touched."""
     path = Path(path)
-    return build_bundle(open_weights(path), path, plan, family_override=family_override,
+    return build_bundle(ema_only_view(open_weights(path)), path, plan, family_override=family_override,
                         prediction_override=prediction_override)
 
 
@@ -129,11 +155,7 @@ def build_bundle(
     with torch.device("meta"):
         unet = UNetModel(detection.unet_config, dtype=plan.unet_dtype)
         autoencoder = AutoencoderKL(detection.vae_config)
-    unet_keys = list(unet.state_dict().keys())
-    remap = None
-    if not any(k.startswith(UNET_PREFIX + "out.") for k in sd.keys()) or UNET_PREFIX + unet_keys[-1] not in sd:
-        remap = remap_ema_only(sd, unet_keys)
-    missing_unet, used_unet = assign_weights(unet, _prefixed(sd, UNET_PREFIX, remap), plan.unet_dtype, plan.device)
+    missing_unet, used_unet = assign_weights(unet, _prefixed(sd, UNET_PREFIX), plan.unet_dtype, plan.device)
     missing_vae, used_vae = assign_weights(autoencoder, _prefixed(sd, VAE_PREFIX), plan.vae_dtype, plan.device)
     text, text_used, text_missing = TextEncoderStack.from_state_dict(sd, family, plan)
     if text.context_dim != detection.unet_config.context_dim:
@@ -160,5 +182,5 @@ def build_bundle(
             f"{path.name}: incomplete {detection.label} checkpoint: {len(report.missing)} weights missing ({shown} …)"
         )
     vae = VAE(autoencoder, scaling=family.vae_scaling, shift=family.vae_shift, dtype=plan.vae_dtype, device=plan.device)
-    metadata = sd.metadata if isinstance(sd, SafetensorsFile) else {}
+    metadata = getattr(sd, "metadata", {}) or {}
     return ModelBundle(path, detection, ModelPatcher(unet), text, vae, plan, report, metadata)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from modules import config as config_mod
-from modules.checkpoints import ModelBundle, load_checkpoint
+from modules.checkpoints import ModelBundle, ema_only_view, load_checkpoint
 from modules.detection import detect
 from modules.devices import DevicePlan, plan_devices
 from modules.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
@@ -213,7 +213,7 @@ class Engine:
             return self._cache[path]
         family_override, prediction_override = self._overrides_for(path)
         # Validate the header, offsets and family *before* evicting anything.
-        detect(open_weights(path), path, family_override=family_override, prediction_override=prediction_override)
+        detect(ema_only_view(open_weights(path)), path, family_override=family_override, prediction_override=prediction_override)
         capacity = max(self.settings.sd_checkpoint_cache, 1)
         evicted: list[Path] = []
         while len(self._cache) >= capacity:

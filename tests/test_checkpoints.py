@@ -146,3 +146,20 @@ def test_unexpected_keys_are_reported(tmp_path):
     sd["model.diffusion_model.extra_thing.weight"] = torch.zeros(3)
     bundle = build_bundle(sd, tmp_path / "m.safetensors", CPU_FP32)
     assert bundle.report.unexpected == ("model.diffusion_model.extra_thing.weight",)
+
+
+def test_ema_only_file_is_read_through_its_ema_names():
+    from modules.checkpoints import ema_only_view
+
+    sd = full_size_state_dict("sd1")
+    ema = {}
+    for key, value in sd.items():
+        if key.startswith("model.diffusion_model."):
+            ema["model_ema." + key[len("model."):].replace(".", "")] = value
+        else:
+            ema[key] = value
+    ema["model_ema.num_updates"] = torch.empty((), device="meta")
+    meta_plan = DevicePlan(torch.device("meta"), torch.float16, torch.float16, torch.float16)
+    bundle = build_bundle(ema_only_view(ema), Path("ema.ckpt"), meta_plan)
+    assert bundle.detection.unet_config == SD15_UNET
+    assert bundle.report.missing == () and bundle.report.unexpected == ()
