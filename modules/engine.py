@@ -249,7 +249,9 @@ class Engine:
     ) -> Result:
         """Run one job on the worker thread. Settings are frozen for the job (with its overrides)."""
         from modules import pipeline
+        from modules.validation import validate_request
 
+        validate_request(request)  # before any model is loaded
         settings = self.settings.with_overrides(request.override_settings) if request.override_settings else self.settings
         if request.checkpoint:
             bundle = self.select_checkpoint(request.checkpoint)
