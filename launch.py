@@ -106,7 +106,7 @@ def serve(options) -> int:  # noqa: ANN001 - LaunchOptions, imported lazily
 
     from modules.engine import Engine
     from modules.queue import JobQueue
-    from webui.app import launch_ui
+    from webui.server import launch_ui
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     engine = Engine(
