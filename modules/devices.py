@@ -1,32 +1,18 @@
 """Device and dtype choice, made at run time from what the machine has and what the user asked for.
 
 CUDA when present, else CPU. On CUDA the UNet and text encoders run in fp16 (bf16 where supported),
-the VAE in bf16 or fp32 (fp16 VAEs overflow to NaN on SD1/SDXL). On CPU, bf16 is used for the UNet
-only when the processor has native bf16 matrix instructions (AVX512-BF16 / AMX), because emulated
-bf16 is slower than fp32 there.
+the VAE in bf16 or fp32 (fp16 VAEs overflow to NaN on SD1/SDXL). On CPU everything runs in fp32 by
+default: measured on an avx512_bf16 CPU (docs/benchmarks.md), a whole SD1.5 UNet step in bf16 took
+~1.7× longer than fp32 with torch 2.14 (convolutions and norms lose more than the matmuls gain), so
+bf16 on CPU is opt-in (`--precision bf16`, which also halves memory).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU advertises avx512_bf16 or AMX-BF16 (read once from /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        pass
-    return False
 
 
 @dataclass(frozen=True)
@@ -67,7 +53,7 @@ def plan_devices(
     elif cuda:
         unet = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
-        unet = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        unet = torch.float32
     if device.type == "cpu" and unet == torch.float16:
         unet = torch.bfloat16  # fp16 matmuls on CPU are slow and gain nothing
     if no_half:

@@ -79,6 +79,7 @@ class GuidedDenoiser:
         *,
         post_cfg: tuple[Callable[..., torch.Tensor], ...] = (),
         step_offset: int = 0,
+        always_uncond: bool = False,
     ) -> None:
         self.network = network
         self.positive = positive
@@ -86,6 +87,7 @@ class GuidedDenoiser:
         self.cfg_scale = float(cfg_scale)
         self.post_cfg = post_cfg
         self.step = step_offset
+        self.always_uncond = always_uncond  # CFG++ samplers need the negative prediction every step
         self.last_uncond: torch.Tensor | None = None  # for CFG++ samplers
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -97,7 +99,7 @@ class GuidedDenoiser:
         if len(pos) == 1 and batch > 1:  # one prompt for the whole batch
             pos, neg = pos * batch, neg * batch
         single = all(len(p) == 1 and p[0][1] == 1.0 for p in pos)
-        skip_uncond = self.cfg_scale == 1.0 and single
+        skip_uncond = self.cfg_scale == 1.0 and single and not self.always_uncond
 
         cond_rows = [(i, c, w) for i, item in enumerate(pos) for c, w in item]
         index = torch.tensor([i for i, _, _ in cond_rows])

@@ -51,6 +51,7 @@ class PassPlan:
     scheduler: str
     steps: int  # the steps the user asked for (infotext)
     sigmas: torch.Tensor  # the part of the schedule this pass runs, ending in 0
+    full_sigmas: torch.Tensor | None = None  # the whole schedule it was cut from
 
 
 def resolve_sampler(name: str, scheduler: str | None) -> tuple[SamplerInfo, str]:
@@ -69,9 +70,9 @@ def plan_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, s
     info, label = resolve_sampler(sampler, scheduler)
     sigmas = sigmas_for(info, label, schedule, steps)
     if denoise is None:
-        return PassPlan(info, label, steps, sigmas)
+        return PassPlan(info, label, steps, sigmas, sigmas)
     t_enc = int(min(denoise, 0.999) * steps)
-    return PassPlan(info, label, steps, sigmas[steps - t_enc - 1:])
+    return PassPlan(info, label, steps, sigmas[steps - t_enc - 1:], sigmas)
 
 
 def plan_hires_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, steps: int,
@@ -81,7 +82,7 @@ def plan_hires_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | N
     total = max(int(steps / min(denoise, 0.999)), steps) if denoise > 0 else steps
     t_enc = steps - 1
     sigmas = sigmas_for(info, label, schedule, total)
-    return PassPlan(info, label, steps, sigmas[total - t_enc - 1:])
+    return PassPlan(info, label, steps, sigmas[total - t_enc - 1:], sigmas)
 
 
 # ---- images ------------------------------------------------------------------------------------------
@@ -176,9 +177,11 @@ class _Run:
         self.request = request
         self.progress = progress
         self.cancel = cancel
-        self.schedule = DiscreteSchedule.sd_default()
+        self.schedule = DiscreteSchedule.sd_default(family="sdxl" if bundle.family.adm else "sd1")
         self.job_index = 0
         self.job_count = request.n_iter
+        self.first_pass_calls = 0
+        self.vae = bundle.vae
         self.started = time.monotonic()
 
     def sample(self, plan: PassPlan, x: torch.Tensor, positive: EncodedPlan, negative: EncodedPlan,
@@ -188,7 +191,8 @@ class _Run:
             dtype=self.bundle.plan.unet_dtype, device=self.bundle.plan.device,
         )
         denoiser = GuidedDenoiser(network, positive, negative, self.request.cfg_scale * plan.sampler.cfg_scale_multiplier,
-                                  post_cfg=tuple(self.bundle.unet.get_hooks("post_cfg")))
+                                  post_cfg=tuple(self.bundle.unet.get_hooks("post_cfg")),
+                                  always_uncond=plan.sampler.needs_uncond)
         total = len(plan.sigmas) - 1
         every = self.settings.live_preview_every
 
@@ -205,7 +209,8 @@ class _Run:
                 raise _Skipped()
 
         kwargs = sampler_kwargs(plan.sampler, self.request, self.settings)
-        noise_sampler = rng.noise_sampler(plan.sampler, x, plan.sigmas, seeds)
+        # A1111 sizes the Brownian tree on the full schedule, also for img2img's tail
+        noise_sampler = rng.noise_sampler(plan.sampler, x, plan.sigmas, seeds, tree_sigmas=plan.full_sigmas)
         return plan.sampler.fn(denoiser, x, plan.sigmas, extra_args={}, callback=callback,
                                noise_sampler=noise_sampler, **kwargs)
 
@@ -257,7 +262,8 @@ def generate(
     )
     first = plan_pass(run.schedule, request.sampler_name, request.scheduler, request.steps,
                       request.denoising_strength if request.is_img2img else None)
-    calls = (len(first.sigmas) - 1) * (2 if getattr(first.sampler, "second_order", False) else 1)
+    calls = (len(first.sigmas) - 1) * (2 if first.sampler.second_order else 1)
+    run.first_pass_calls = calls
     pos = encode_prompts(bundle.text, [prompt], calls, options)
     neg = encode_prompts(bundle.text, [negative], calls, options, negative=True)
 
@@ -342,13 +348,14 @@ def _hires(run: _Run, bundle: ModelBundle, request: GenerationRequest, samples: 
                            request.sampler_name if request.hr_sampler_name in same else request.hr_sampler_name,
                            request.scheduler if request.hr_scheduler in same else request.hr_scheduler,
                            steps, request.hr_denoising_strength)
-    calls = (len(plan.sigmas) - 1) * (2 if getattr(plan.sampler, "second_order", False) else 1)
+    calls = (len(plan.sigmas) - 1) * (2 if plan.sampler.second_order else 1)
     hr_options = EncodeOptions(options.clip_skip, options.emphasis, options.comma_padding_backtrack,
                                options.embeddings, _adm(bundle, width, height))
     hr_prompt = request.hr_prompt or parse_extra_networks_batch([request.prompt])[0][0]
     hr_negative = request.hr_negative_prompt or request.negative_prompt
-    pos = encode_prompts(bundle.text, [hr_prompt], calls, hr_options)
-    neg = encode_prompts(bundle.text, [hr_negative], calls, hr_options, negative=True)
+    # A1111 schedules hires prompt edits against both passes: first-pass steps, then hires steps
+    pos = encode_prompts(bundle.text, [hr_prompt], run.first_pass_calls, hr_options, hires_steps=calls)
+    neg = encode_prompts(bundle.text, [hr_negative], run.first_pass_calls, hr_options, negative=True, hires_steps=calls)
     rng = noise_mod.ImageRNG((latents.shape[1], height // 8, width // 8), seeds, subseeds=subseeds,
                              subseed_strength=request.subseed_strength,
                              seed_resize_from=(request.seed_resize_from_h, request.seed_resize_from_w))
