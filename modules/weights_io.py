@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import pickle
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,15 +231,21 @@ def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
-            raise WeightFileError(f"{path.name}: not a PyTorch weights file ({exc})") from exc
-        first = str(exc).strip().splitlines()[0]
+        text = str(exc)
+        culprit = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+        if culprit:
+            raise WeightFileError(
+                f"{path.name}: refused: this pickle would run code to load (it references "
+                f"{culprit.group(1)}). Only plain weights files are read; convert it to .safetensors "
+                "from a trusted source."
+            ) from exc
+        detail = re.search(r"Unsupported operand \d+|invalid load key[^.]*", text)
         raise WeightFileError(
-            f"{path.name}: refused: this pickle is not a plain weights file and would need to run code "
-            f"to load ({first}). Convert it to .safetensors or use a trusted source."
+            f"{path.name}: not a PyTorch weights file (the safe loader refused it: "
+            f"{detail.group(0) if detail else text.splitlines()[0][:120]})"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, struct.error) as exc:
-        raise WeightFileError(f"{path.name}: not a readable PyTorch weights file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - garbage bytes make the unpickler fail in many ways
+        raise WeightFileError(f"{path.name}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from exc
     return _unwrap(obj, path)
 
 
