@@ -116,6 +116,12 @@ def test_txt2img_returns_png_with_parameters_and_a1111_info(real):
     assert r.json()["parameters"]["Seed"] in (43, "43")
 
 
+def test_errors_raised_inside_the_engine_are_still_422(real):
+    r = real.client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "<lora:missing:1> a cat"})
+    assert field_of(r) == "prompt" and "LoRA" in r.json()["detail"][0]["msg"]
+    assert real.client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a cat"}).status_code == 200
+
+
 def test_img2img_accepts_data_urls_base64_and_a_mask(real):
     picture = Image.new("RGB", (80, 48), (200, 30, 30))
     body = {"prompt": "red", "seed": 3, "init_images": [png_b64(picture, data_url=True), png_b64(picture)],
@@ -248,7 +254,7 @@ def test_progress_interrupt_and_skip(fake):
     worker = threading.Thread(target=lambda: box.update(r=fake.client.post(
         "/sdapi/v1/txt2img", json={**SMALL, "steps": 200, "n_iter": 2, "prompt": "slow", "seed": 4})))
     worker.start()
-    for _ in range(200):
+    for _ in range(500):
         progress = fake.client.get("/sdapi/v1/progress").json()
         if progress["state"]["sampling_step"] >= 2:
             break
@@ -256,7 +262,7 @@ def test_progress_interrupt_and_skip(fake):
     assert progress["state"]["sampling_steps"] == 200 and 0 < progress["progress"] < 1
     assert progress["state"]["job_count"] == 2 and progress["eta_relative"] > 0
     assert fake.client.post("/sdapi/v1/skip").json() == {}
-    for _ in range(200):
+    for _ in range(500):
         if fake.client.get("/sdapi/v1/progress").json()["state"]["job_no"] == 1:
             break
         time.sleep(0.02)
