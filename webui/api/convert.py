@@ -12,7 +12,7 @@ from typing import Any
 from modules.config import Settings
 from modules.types import GenerationRequest, Result
 from modules.validation import RequestError, validate_request
-from webui.api.context import ApiContext, JobMeta
+from webui.api.context import ApiContext, JobMeta, jsonable
 from webui.api.images import decode_image, encode_png
 from webui.api.models import GenerationFields
 
@@ -169,7 +169,7 @@ def echo(body: Any) -> dict[str, Any]:
     if "init_images" in data and not data.get("include_init_images"):
         data["init_images"] = None
         data["mask"] = None
-    return data
+    return jsonable(data)  # NaN/Infinity (which Python's JSON parser accepts) cannot go back out
 
 
 def build_info(ctx: ApiContext, request: GenerationRequest, result: Result | None, meta: JobMeta | None,
