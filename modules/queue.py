@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 from modules.engine import CancelToken
 from modules.types import GenerationRequest, ProgressEvent, Result
+from modules.validation import validate_request
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,10 @@ class JobQueue:
 
     # ---- submitting -----------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, *, owner: str | None = None) -> Job:
+        """Queue a generation. A bad field raises `RequestError` (HTTP 422) now, not after the wait."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
+        validate_request(request)
         return self._enqueue(Job(request, owner=owner))
 
     def submit_task(self, fn: Callable[[], Any], *, label: str, owner: str | None = None) -> Job:

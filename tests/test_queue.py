@@ -63,6 +63,16 @@ def test_job_ids_are_unique_hex_and_requests_frozen(queue):
     assert queue.get(b.id) is b
 
 
+def test_bad_request_is_refused_at_submit(queue, engine):
+    from modules.validation import RequestError
+
+    with pytest.raises(RequestError, match="width"):
+        queue.submit(GenerationRequest(width=500))
+    with pytest.raises(RequestError, match="sampler_name"):
+        queue.submit(GenerationRequest(sampler_name="No such sampler"))
+    assert queue.list_jobs() == [] and engine.calls == []
+
+
 def test_cancel_queued_job_never_runs(queue, engine):
     release = blocker(engine)
     first = queue.submit(GenerationRequest(prompt="hold", steps=1))

@@ -12,6 +12,10 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from modules import infotext
+from modules.sampling.samplers import SAMPLERS
+from modules.sampling.schedules import SCHEDULES
+from modules.tokenizer import default_tokenizer
 from modules.types import RESIZE_MODES, GenerationRequest
 from modules.validation import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 
@@ -19,9 +23,6 @@ SAME_SAMPLER = "Use same sampler"
 SAME_SCHEDULER = "Use same scheduler"
 AUTOMATIC_VAE = "Automatic"
 HR_UPSCALERS = LATENT_UPSCALE_MODES + PIXEL_UPSCALERS
-# Used only until modules.sampling provides its registries (and engine.samplers()).
-FALLBACK_SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "Euler a", "Euler", "Heun", "DPM2", "DPM2 a", "LMS", "DDIM")
-FALLBACK_SCHEDULES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "Simple", "Normal")
 
 # Which request fields each generation tab edits (the top bar adds checkpoint, vae, clip_skip).
 TOP_BAR = ("checkpoint", "vae", "clip_skip")
@@ -112,96 +113,30 @@ def values_from_request(request: GenerationRequest, names: tuple[str, ...] | Non
 
 
 # ---- infotext ---------------------------------------------------------------------------------------
-def params_from_infotext(text: str) -> dict[str, Any]:
-    """A1111 "parameters" text → its key/value mapping (modules.infotext.parse when available)."""
-    try:
-        from modules.infotext import parse
-    except ImportError:
-        return _parse_fallback(text)
-    return dict(parse(text))
-
-
-def request_from_infotext(text: str) -> GenerationRequest:
-    params = params_from_infotext(text)
-    try:
-        from modules.infotext import request_from_params
-    except ImportError:
-        return _request_fallback(params)
-    return request_from_params(params)
-
-
 # Paste never switches the model or VAE behind the user's back, and never touches the init image.
 PASTE_SKIPS = ("checkpoint", "vae", "init_images")
 
 
 def values_from_infotext(text: str, names: tuple[str, ...]) -> dict[str, Any]:
-    """Widget values to fill from an infotext ("Send to txt2img" in PNG Info)."""
-    wanted = tuple(n for n in names if n not in PASTE_SKIPS)
-    return values_from_request(request_from_infotext(text), wanted)
+    """Widget values to fill from an A1111 infotext ("Send to txt2img/img2img").
 
-
-_PAIR = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-
-
-def _parse_fallback(text: str) -> dict[str, Any]:
-    """Minimal A1111 parser, used only until modules.infotext lands."""
-    lines = text.strip().split("\n")
-    last = lines[-1] if lines and len(_PAIR.findall(lines[-1])) >= 3 else ""
-    body = lines[:-1] if last else lines
-    prompt, negative, into_negative = [], [], False
-    for line in body:
-        if line.startswith("Negative prompt:"):
-            into_negative, line = True, line[len("Negative prompt:"):].strip()
-        (negative if into_negative else prompt).append(line)
-    params: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
-    for key, value in _PAIR.findall(last):
-        params[key.strip()] = value.strip().strip('"')
-    return params
-
-
-_FALLBACK_KEYS = {
-    "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
-    "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Clip skip": ("clip_skip", int),
-    "Denoising strength": ("denoising_strength", float), "Variation seed": ("subseed", int),
-    "Variation seed strength": ("subseed_strength", float), "Hires upscale": ("hr_scale", float),
-    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
-}
-
-
-def _request_fallback(params: Mapping[str, Any]) -> GenerationRequest:
-    changes: dict[str, Any] = {"prompt": params.get("Prompt", ""), "negative_prompt": params.get("Negative prompt", "")}
-    for key, (name, kind) in _FALLBACK_KEYS.items():
-        if key in params:
-            changes[name] = kind(float(params[key])) if kind is int else kind(params[key])
-    if "Size" in params:
-        w, _, h = str(params["Size"]).partition("x")
-        changes["width"], changes["height"] = int(w), int(h)
-    changes["enable_hr"] = "Hires upscale" in params or "Hires upscaler" in params
-    if changes["enable_hr"] and "denoising_strength" in changes:  # A1111 writes the hires denoise there
-        changes["hr_denoising_strength"] = changes["denoising_strength"]
-    return GenerationRequest(**changes)
+    For the img2img tab "Denoising strength" is the img2img strength, elsewhere the hires one, as in
+    A1111's paste buttons; modules.infotext decides that from whether the base request is img2img.
+    """
+    base = GenerationRequest(init_images=(None,)) if "init_images" in names else GenerationRequest()
+    request = infotext.request_from_params(infotext.parse(text), base)
+    return values_from_request(request, tuple(n for n in names if n not in PASTE_SKIPS))
 
 
 # ---- lists the widgets offer ------------------------------------------------------------------------
 def sampler_choices(engine: Any) -> list[str]:
-    """A1111 sampler labels: the engine's list, else the sampler registry, else the fallback."""
-    if hasattr(engine, "samplers"):
-        return list(engine.samplers())
-    try:
-        from modules.sampling.samplers import SAMPLERS
-    except ImportError:
-        return list(FALLBACK_SAMPLERS)
-    return list(SAMPLERS)
+    """A1111 sampler labels: the engine's list when it offers one, else the sampler registry."""
+    return list(engine.samplers()) if hasattr(engine, "samplers") else list(SAMPLERS)
 
 
 def schedule_choices(engine: Any) -> list[str]:
-    if hasattr(engine, "schedulers"):
-        return list(engine.schedulers())
-    try:
-        from modules.sampling.schedules import SCHEDULES
-    except ImportError:
-        return list(FALLBACK_SCHEDULES)
-    return ["Automatic", *(s for s in SCHEDULES if s != "Automatic")]
+    names = list(engine.schedulers()) if hasattr(engine, "schedulers") else list(SCHEDULES)
+    return ["Automatic", *(n for n in names if n != "Automatic")]
 
 
 def token_count(engine: Any, text: str) -> tuple[int, int]:
@@ -219,10 +154,7 @@ _SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")
 
 
 def _rough_token_count(text: str) -> int:
-    """Tokens after dropping `<lora:…>` tags, `:1.2` weights and brackets (close to A1111's count)."""
+    """CLIP tokens after dropping `<lora:…>` tags, `:1.2` weights and brackets (close to A1111's count,
+    which also pads chunks at commas); used until the engine offers `token_count`."""
     plain = _SYNTAX.sub(" ", _WEIGHTS.sub("", _TAGS.sub("", text)))
-    try:
-        from modules.tokenizer import default_tokenizer
-    except ImportError:
-        return len(re.findall(r"\w+|[^\w\s]", plain))
     return len(default_tokenizer().encode(plain))

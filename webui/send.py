@@ -36,7 +36,11 @@ def paste_update(ctx: UIContext, tab: str, text: str, image: Any | None) -> dict
     update: dict[Any, Any] = {ctx.tabs: gr.Tabs(selected=tab)}
     if text and tab in ctx.widgets:
         _, names = paste_outputs(ctx, tab)
-        for name, value in bindings.values_from_infotext(text, names).items():
+        try:
+            values = bindings.values_from_infotext(text, names)
+        except ValueError as exc:
+            raise gr.Error(f"Could not read these parameters: {exc}") from None
+        for name, value in values.items():
             update[ctx.widgets[tab][name]] = value
     if image is not None and tab in ctx.images:
         update[ctx.images[tab]] = image

@@ -2,40 +2,22 @@
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import gradio as gr
 from PIL import Image
 
+from modules import infotext
 from webui import send
 from webui.components import escaped
 from webui.context import UIContext
-
-EXIF_USER_COMMENT = 0x9286
 
 
 def read_parameters(path: str) -> tuple[str, dict[str, str]]:
     """(A1111 "parameters" text, other text chunks) from a PNG, JPEG or WEBP file."""
     with Image.open(path) as image:
-        try:
-            from modules.infotext import read_infotext
-        except ImportError:
-            text = _read_fallback(image)
-        else:
-            text = read_infotext(image) or ""
+        text = infotext.read_infotext(image) or ""
         others = {str(k): str(v) for k, v in image.info.items() if isinstance(v, str) and k != "parameters"}
     return text, others
-
-
-def _read_fallback(image: Image.Image) -> str:
-    """PNG text chunk, else EXIF UserComment (used only until modules.infotext lands)."""
-    if isinstance(image.info.get("parameters"), str):
-        return image.info["parameters"]
-    raw = image.getexif().get_ifd(0x8769).get(EXIF_USER_COMMENT)
-    if isinstance(raw, bytes):
-        head, body = raw[:8], raw[8:]
-        return body.decode("utf-16-be" if head.startswith(b"UNICODE") else "utf-8", errors="replace").strip("\x00")
-    return raw or ""
 
 
 def show(path: str | None) -> tuple[str, str]:
@@ -53,7 +35,7 @@ def show(path: str | None) -> tuple[str, str]:
 def build(ctx: UIContext) -> None:
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="filepath", label="Source", sources=["upload", "clipboard"], height=420,
+            image = gr.Image(type="filepath", image_mode=None, label="Source", sources=["upload", "clipboard"], height=420,
                              elem_id="png-info-image")
         with gr.Column():
             info = gr.HTML("", elem_id="png-info-text", elem_classes=["infotext"])
