@@ -303,6 +303,18 @@ def test_real_engine_generates_with_tiny_model(browser, real_server):
         for part in ("a tiny test", "Steps: 2", "Sampler: Euler", "Seed: 77", "Size: 64x64"):
             assert part in text
         ui.screenshot(page, "real-engine-txt2img")
+        # the saved file carries the infotext: PNG Info reads it back and restores the fields
+        saved = max((real_server[1].outputs_root / "outputs").rglob("*.png"), key=lambda p: p.stat().st_mtime)
+        page.locator("#txt2img-random-seed").click()
+        ui.set_number(page, "txt2img-steps", 5)
+        ui.choose(page, "txt2img-sampler", "DDIM")
+        page.wait_for_function("document.querySelector('#txt2img-seed input')?.value == '-1'")
+        ui.open_tab(page, "PNG Info")
+        page.locator("#png-info-image input[type=file]").set_input_files(str(saved))
+        page.locator("#png-info-text .infotext-body").wait_for()
+        page.locator("#png-info-send-to-txt2img").click()
+        page.wait_for_function("document.querySelector('#txt2img-seed input')?.value == '77'")
+        assert ui.number_value(page, "txt2img-steps") == "2" and ui.dropdown_value(page, "txt2img-sampler") == "Euler"
         assert page.errors == []
     finally:
         page.close()
