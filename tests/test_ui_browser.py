@@ -412,3 +412,20 @@ def test_page_answers_while_the_worker_is_busy(tmp_path):
     finally:
         release.set()
         queue.shutdown()
+
+
+def test_api_flag_mounts_the_rest_api_beside_the_ui(tmp_path):
+    """`--api`: launch_ui adds webui.api's routes to the UI server (their auth is --api-auth)."""
+    from types import SimpleNamespace
+
+    engine = FakeEngine(tmp_path)
+    queue = JobQueue(engine)
+    options = SimpleNamespace(api=True, api_auth=(), is_local=True, nowebui=False, data_dir=tmp_path)
+    try:
+        with ui.running_server(engine, queue, options=options, auth=[("alice", "s3cret")]) as url, \
+                httpx.Client(base_url=url, timeout=10) as client:
+            samplers = client.get("/sdapi/v1/samplers")
+            assert samplers.status_code == 200 and any(s["name"] == "Euler a" for s in samplers.json())
+            assert client.get("/config").status_code == 401  # the UI keeps its own login
+    finally:
+        queue.shutdown()

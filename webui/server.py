@@ -45,14 +45,11 @@ def blocked_folders(engine: Any, data_dir: Path) -> list[str]:
 
 
 def default_api_hook(engine: Any, queue: Any, options: Any) -> ApiHook | None:
-    """The REST API (webui.api.mount_api) when `--api` was given."""
+    """The REST API (webui.api.mount_api) on the same server when `--api` was given."""
     if not getattr(options, "api", False):
         return None
-    try:
-        from webui.api import mount_api  # type: ignore[attr-defined]
-    except ImportError as exc:
-        log.warning("--api was given but the REST API is not available in this version (%s)", exc)
-        return None
+    from webui.api import mount_api
+
     return lambda app: mount_api(app, engine, queue, options)
 
 
@@ -68,11 +65,12 @@ def launch_ui(
     api_app_hook: ApiHook | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
-) -> gr.Blocks:
+) -> gr.Blocks | None:
     """Serve the UI. Values come from `options` (LaunchOptions) unless given as keywords.
 
     Blocks until the server stops, unless `prevent_thread_lock` (tests): then returns the running
-    Blocks; call `.close()` on it. `api_app_hook(app)` is called with the FastAPI app once it runs.
+    Blocks; call `.close()` on it. `api_app_hook(app)` is called with the FastAPI app once it runs
+    (default: the REST API when `options.api`). `--nowebui` serves only the API and returns None.
     """
     from webui.app import build_ui
 
@@ -83,7 +81,7 @@ def launch_ui(
     data_dir = Path(getattr(options, "data_dir", None) or engine.outputs_root)
     hook = api_app_hook or default_api_hook(engine, queue, options)
     if getattr(options, "nowebui", False):
-        return _serve_api_only(host, port, hook)
+        return _serve_api_only(engine, queue, options, host, port, api_app_hook)
 
     demo = build_ui(engine, queue, options)
     demo.queue(default_concurrency_limit=4, max_size=None)  # Palette's JobQueue is the real queue
@@ -116,14 +114,17 @@ def launch_ui(
     return demo
 
 
-def _serve_api_only(host: str, port: int, hook: ApiHook | None) -> gr.Blocks:
-    """`--nowebui`: only the REST API on a plain FastAPI app."""
-    import fastapi
+def _serve_api_only(engine: Any, queue: Any, options: Any, host: str, port: int, hook: ApiHook | None) -> None:
+    """`--nowebui`: only the REST API (webui.api's own app, or a bare one given to `hook`)."""
     import uvicorn
 
     if hook is None:
-        raise RuntimeError("--nowebui needs the REST API, which is not available in this version")
-    app = fastapi.FastAPI(title="Palette API")
-    hook(app)
+        from webui.api import create_api_app
+
+        app = create_api_app(engine, queue, options)
+    else:
+        import fastapi
+
+        app = fastapi.FastAPI(title="Palette API")
+        hook(app)
     uvicorn.run(app, host=host, port=port)
-    return None  # type: ignore[return-value]
