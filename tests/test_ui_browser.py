@@ -118,7 +118,7 @@ class TestBrowser:
         ui.screenshot(page, "txt2img-progress")
         page.locator("#txt2img-interrupt").click()
         page.wait_for_function("document.querySelector('#txt2img-progress')?.innerText?.includes('Interrupted')")
-        assert "kept 1 finished image" in page.locator("#txt2img-progress").inner_text()
+        assert "1 image(s) kept" in page.locator("#txt2img-progress").inner_text()
         assert ui.gallery_images(page, "txt2img").count() >= 1
 
     def test_send_to_img2img_and_generate(self, page):

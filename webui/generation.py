@@ -121,7 +121,7 @@ def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: A
         result = state.result
         note = ""
         if result.interrupted:
-            note = notice_html(f"Interrupted: kept {len(result.images)} finished image(s).")
+            note = notice_html(f"Interrupted: {len(result.images)} image(s) kept.")
         elif not result.images:
             note = notice_html("No images (all were skipped).")
         return {
