@@ -1,0 +1,141 @@
+"""The shipped demo model (models/Stable-diffusion/palette-demo.safetensors) follows its prompts.
+
+Pictures are generated through the real Engine and scored by a plain, deterministic measure
+(tools/demo_data.measure): every pixel is assigned the nearest named colour; the background is the
+border's dominant colour, the shape is the dominant other colour, and its centroid gives the position
+(thirds of the picture). Criteria from the issue: over 20 seeds per prompt, >= 80% of pictures show the
+prompted colour on the prompted background and >= 60% put the shape in the prompted position; a negative
+prompt naming the prompted colour lowers that colour's share; a higher CFG scale follows the prompt at
+least as well as CFG 1.5; a 256x256 picture at 20 steps takes under 2 s on the CPU.
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import demo_data  # noqa: E402
+
+MODEL = ROOT / "models" / "Stable-diffusion" / "palette-demo.safetensors"
+SEEDS = 20
+SIZE = 256
+STEPS = 20
+# (colour, shape, background, position): every colour appears as a shape and as a background.
+PROMPTS = (
+    ("red", "circle", "blue", "top left"),
+    ("yellow", "star", "black", "center"),
+    ("green", "square", "white", "bottom right"),
+    ("blue", "triangle", "yellow", "top right"),
+    ("pink", "heart", "purple", "bottom left"),
+    ("white", "circle", "green", "bottom"),
+    ("orange", "square", "blue", "left"),
+    ("purple", "star", "orange", "right"),
+)
+
+pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} not trained yet (tools/train_demo_model.py)")
+
+
+def make_engine(model_dir: Path, outputs: Path):
+    from modules.engine import Engine
+    from modules.paths import ModelPaths
+
+    return Engine(ModelPaths.create(ROOT, ckpt_dir=model_dir), outputs_root=outputs)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    engine = make_engine(MODEL.parent, tmp_path_factory.mktemp("outputs"))
+    engine.select_checkpoint(MODEL.name)
+    return engine
+
+
+def generate(engine, prompt: str, *, negative: str = "", cfg: float = 7.0, seed: int = 1, count: int = SEEDS,
+             steps: int = STEPS):
+    from modules.types import GenerationRequest
+
+    request = GenerationRequest(prompt=prompt, negative_prompt=negative, steps=steps, cfg_scale=cfg,
+                                width=SIZE, height=SIZE, seed=seed, batch_size=count, do_not_save=True,
+                                checkpoint=MODEL.name)
+    result = engine.generate(request)
+    assert len(result.images) == count
+    return [demo_data.measure(im) for im in result.images]
+
+
+@pytest.fixture(scope="module")
+def grid(engine):
+    """Every prompt of PROMPTS at 20 seeds: {prompt tuple: [Measure]} (shared by the score tests)."""
+    return {p: generate(engine, demo_data.prompt_for(*p)) for p in PROMPTS}
+
+
+def test_file_is_a_small_sd1_checkpoint_marked_as_demo(engine):
+    from modules.weights_io import open_weights
+
+    assert MODEL.stat().st_size <= 40 * 2**20
+    sd = open_weights(MODEL)
+    assert sd.metadata["palette.demo"] == "true"
+    assert sd.metadata["palette.default_resolution"] == str(SIZE)
+    bundle = engine.current_bundle()
+    assert bundle.family.name == "SD1"
+    assert not bundle.report.missing and not bundle.report.unexpected
+
+
+def test_colour_and_background_follow_the_prompt(grid):
+    hits = {p: sum(m.shape_color == p[0] and m.background == p[2] for m in ms) for p, ms in grid.items()}
+    rate = sum(hits.values()) / (len(PROMPTS) * SEEDS)
+    assert rate >= 0.80, f"colour+background correct in {rate:.0%} (per prompt: {hits})"
+
+
+def test_position_follows_the_prompt(grid):
+    hits = {p: sum(m.position() == p[3] for m in ms) for p, ms in grid.items()}
+    rate = sum(hits.values()) / (len(PROMPTS) * SEEDS)
+    assert rate >= 0.60, f"position correct in {rate:.0%} (per prompt: {hits})"
+
+
+def test_negative_prompt_steers_away_from_its_colour(engine):
+    prompt = "a red circle on a white background"
+    plain = generate(engine, prompt, seed=100)
+    steered = generate(engine, prompt, negative="red", seed=100)
+    before = statistics.mean(m.shares["red"] for m in plain)
+    after = statistics.mean(m.shares["red"] for m in steered)
+    assert after < before * 0.8, f"red share {before:.3f} without, {after:.3f} with the negative prompt 'red'"
+
+
+def test_higher_cfg_follows_the_prompt_more_strictly(engine, grid):
+    low = {p: generate(engine, demo_data.prompt_for(*p), cfg=1.5) for p in PROMPTS[:4]}
+
+    def score(results):
+        return sum(m.shape_color == p[0] and m.background == p[2] and m.position() == p[3]
+                   for p, ms in results.items() for m in ms)
+
+    high = {p: grid[p] for p in low}
+    assert score(high) > score(low), f"cfg 7: {score(high)} vs cfg 1.5: {score(low)} of {4 * SEEDS} fully correct"
+
+
+def test_a_256_picture_at_20_steps_takes_under_2_seconds_on_cpu(engine):
+    if engine.plan.device.type != "cpu":
+        pytest.skip("timing criterion is for the CPU")
+    best = float("inf")
+    for attempt in range(3):  # best of three: the machine may be shared
+        start = time.perf_counter()
+        generate(engine, "a red circle on a blue background, top left", seed=attempt, count=1)
+        best = min(best, time.perf_counter() - start)
+    assert best < 2.0, f"best of 3: {best:.2f} s"
+
+
+@pytest.mark.slow
+def test_quick_training_writes_a_loadable_model(tmp_path):
+    import train_demo_model
+
+    out = tmp_path / "models" / "quick.safetensors"
+    assert train_demo_model.main(["--quick", "--out", str(out)]) == 0
+    engine = make_engine(out.parent, tmp_path / "outputs")
+    ms = generate(engine, "a red circle on a blue background", count=1, steps=4)
+    assert len(ms) == 1

@@ -1,0 +1,537 @@
+"""Train Palette's demo model ("shapes") from nothing, on a CPU, in about an hour.
+
+    .venv/bin/python tools/train_demo_model.py                # full training (~1 h on 2 CPU cores)
+    .venv/bin/python tools/train_demo_model.py --quick --out /tmp/q.safetensors   # a few minutes
+    .venv/bin/python tools/train_demo_model.py --grid         # only redraw docs/demo-grid.png
+
+The result is an ordinary SD1-layout checkpoint: the same key names as a real SD 1.5 file
+(`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.text_model.*`), only
+narrower, so the engine loads it through the unchanged SD1 code path. The networks are Palette's own
+(`modules.nn.unet`, `modules.nn.vae`, `modules.nn.clip`); the text conditioning is built exactly as the
+engine builds it at inference (75-token chunks with BOS/EOS and EOS padding, final layer norm).
+
+Steps:
+1. draw a seeded set of pictures (tools/demo_data.py): one shape, named colours, nine positions;
+2. train a small KL autoencoder (8x down, 4 latent channels) on crops of them;
+3. encode every picture once and fold the latent statistics into `quant_conv`/`post_quant_conv`, so
+   that latent * 0.18215 (SD1's constant) has zero mean and unit variance;
+4. train the UNet and the text encoder together on eps-prediction (SD's scaled-linear betas, min-SNR
+   weighting, caption dropout for classifier-free guidance, EMA of the weights);
+5. save the EMA weights in fp16 with metadata that marks the file as a demo and names its resolution.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(ROOT / "tools") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tools"))
+
+import demo_data  # noqa: E402
+
+DEFAULT_OUT = ROOT / "models" / "Stable-diffusion" / "palette-demo.safetensors"
+DEFAULT_GRID = ROOT / "docs" / "demo-grid.png"
+SD1_LATENT_SCALE = 0.18215
+RESOLUTION = 256
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the result. `--quick` shrinks the step counts only."""
+
+    seed: int = 1234
+    images: int = 6000  # distinct training pictures (each gets fresh captions every time it is seen)
+    # autoencoder
+    vae_ch: int = 32
+    vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
+    vae_res_blocks: int = 1
+    vae_steps: int = 1200
+    vae_batch: int = 16
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    vae_latent_noise: float = 0.1
+    vae_latent_l2: float = 1e-4
+    # text encoder (transformers' CLIPTextModel layout; heads = hidden / 64)
+    text_hidden: int = 128
+    text_layers: int = 3
+    text_intermediate: int = 512
+    # UNet
+    unet_channels: int = 32
+    unet_mult: tuple[int, ...] = (1, 2, 4)
+    unet_res_blocks: int = 1
+    unet_attention: tuple[int, ...] = (0, 1, 1)  # transformer depth per level
+    unet_steps: int = 800
+    unet_batch: int = 32
+    unet_lr: float = 1e-3
+    unet_warmup: int = 50
+    min_snr_gamma: float = 5.0
+    p_uncond: float = 0.15
+    ema_decay: float = 0.999
+
+
+QUICK = dict(images=96, vae_steps=40, vae_batch=8, unet_steps=40, unet_batch=8, unet_warmup=5)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- networks ---------------------------------------------------------------------------------------
+
+def build_networks(recipe: Recipe):
+    from modules.nn.clip import TextEncoderConfig, build_text_encoder
+    from modules.nn.unet import UNetConfig, UNetModel
+    from modules.nn.vae import AutoencoderKL, VAEConfig
+
+    levels = len(recipe.unet_mult)
+    unet_cfg = UNetConfig(
+        in_channels=4,
+        out_channels=4,
+        model_channels=recipe.unet_channels,
+        channel_mult=tuple(recipe.unet_mult),
+        num_res_blocks=tuple([recipe.unet_res_blocks] * levels),
+        transformer_depth=tuple(recipe.unet_attention),
+        transformer_depth_middle=1,
+        transformer_depth_output=tuple(d for d in recipe.unet_attention[::-1] for _ in range(recipe.unet_res_blocks + 1)),
+        context_dim=recipe.text_hidden,
+        num_heads=8,
+        num_head_channels=-1,
+        use_linear_in_transformer=False,
+        adm_in_channels=None,
+    )
+    vae_cfg = VAEConfig(
+        ch=recipe.vae_ch,
+        ch_mult=tuple(recipe.vae_ch_mult),
+        num_res_blocks=recipe.vae_res_blocks,
+        z_channels=4,
+        embed_dim=4,
+        in_channels=3,
+        out_ch=3,
+    )
+    text_cfg = TextEncoderConfig(
+        vocab_size=49408,
+        hidden_size=recipe.text_hidden,
+        num_layers=recipe.text_layers,
+        num_heads=recipe.text_hidden // 64,  # what the loader assumes: 64-wide heads
+        intermediate_size=recipe.text_intermediate,
+        max_positions=77,
+        hidden_act="quick_gelu",  # what the loader assumes for an SD1 (CLIP-L slot) encoder
+    )
+    text_model = build_text_encoder(text_cfg).train().requires_grad_(True)
+    return UNetModel(unet_cfg), AutoencoderKL(vae_cfg), text_model
+
+
+# ---- text: the engine's own chunking --------------------------------------------------------------
+
+class TextIds:
+    """Prompt → the token ids of its first chunk, built by the engine's own A1111 chunking
+    (BOS, up to 75 tokens, EOS, EOS padding to 77). Captions are short, so one chunk each."""
+
+    def __init__(self) -> None:
+        from modules.tokenizer import default_tokenizer
+
+        self.tokenizer = default_tokenizer()
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        from modules.text_encoding import build_chunks
+
+        rows = []
+        for p in prompts:
+            if p not in self.cache:
+                chunks, _ = build_chunks([(p, 1.0)], self.tokenizer)
+                self.cache[p] = chunks[0].tokens
+            rows.append(self.cache[p])
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def encode_text(text_model, ids: torch.Tensor) -> torch.Tensor:
+    """The final-layer-norm'd last hidden state: what the engine feeds an SD1 UNet at clip_skip=1."""
+    return text_model(ids).last_hidden_state
+
+
+# ---- noise schedule (SD1: scaled-linear betas, 1000 steps, eps prediction) ------------------------
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+# ---- phase 2: autoencoder -------------------------------------------------------------------------
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def train_vae(vae, pixels: np.ndarray, recipe: Recipe, device, autocast) -> None:
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    params = list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.vae_lr, weight_decay=0.0, betas=(0.9, 0.99))
+    steps = recipe.vae_steps
+    vae.train()
+    t0 = time.time()
+    crop = recipe.vae_crop
+    n = len(pixels)
+    for step in range(steps):
+        lr = recipe.vae_lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, n, (recipe.vae_batch,), generator=gen).tolist()
+        ys = torch.randint(0, RESOLUTION - crop + 1, (recipe.vae_batch,), generator=gen).div(8, rounding_mode="floor").mul(8).tolist()
+        xs = torch.randint(0, RESOLUTION - crop + 1, (recipe.vae_batch,), generator=gen).div(8, rounding_mode="floor").mul(8).tolist()
+        batch = np.stack([pixels[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs)])
+        x = to_tensor(batch).to(device)
+        with autocast():
+            mean = torch.chunk(vae.encode(x).float(), 2, dim=1)[0]
+            # A plain autoencoder on the mean (the engine only ever uses the mean), with a little noise
+            # so the decoder tolerates the small errors a diffusion model leaves in its latents.
+            jitter = recipe.vae_latent_noise * mean.detach().std() * torch.randn(mean.shape, generator=gen).to(device)
+            rec = vae.decode(mean + jitter).float()
+        l1 = (rec - x).abs().mean()
+        l2 = F.mse_loss(rec, x)
+        reg = mean.pow(2).mean()
+        loss = l1 + l2 + recipe.vae_latent_l2 * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} l1 {l1.item():.4f} mse {l2.item():.5f} latent rms {reg.sqrt().item():.2f} "
+                f"({(time.time() - t0) / (step + 1):.2f} s/step)")
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_all(vae, pixels: np.ndarray, device, autocast, batch: int = 32) -> torch.Tensor:
+    out = []
+    for i in range(0, len(pixels), batch):
+        x = to_tensor(pixels[i : i + batch]).to(device)
+        with autocast():
+            moments = vae.encode(x)
+        out.append(torch.chunk(moments.float(), 2, dim=1)[0].cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def fold_latent_scale(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Make (latent * 0.18215) zero-mean and unit-std through the unchanged SD1 code path.
+
+    z' = c * (z - m) with c = 1 / (0.18215 * std): scale quant_conv's mean outputs (and shift its bias),
+    shift the logvar outputs by 2 log c; post_quant_conv(z) = W (z'/c + m) + b absorbs the inverse."""
+    m = latents.mean(dim=(0, 2, 3))  # per channel
+    std = (latents - m[None, :, None, None]).std()
+    c = 1.0 / (SD1_LATENT_SCALE * std)
+    k = m.numel()
+    qw, qb = vae.quant_conv.weight, vae.quant_conv.bias  # [2k, k, 1, 1]
+    qw[:k] *= c
+    qb[:k] = (qb[:k] - m) * c
+    qb[k:] += 2 * math.log(c)
+    pw, pb = vae.post_quant_conv.weight, vae.post_quant_conv.bias  # [k, k, 1, 1]
+    pb += (pw[:, :, 0, 0] @ m)
+    pw /= c
+    log(f"latent stats before folding: mean {m.tolist()}, std {std.item():.4f}; scale factor {c.item():.4f}")
+    return (latents - m[None, :, None, None]) * c
+
+
+# ---- phase 4: UNet + text encoder -----------------------------------------------------------------
+
+class EMA:
+    def __init__(self, modules: list[torch.nn.Module], decay: float) -> None:
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone().float() for p in self.params]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s.to(p.dtype))
+
+
+def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, device, autocast) -> EMA:
+    ids_for = TextIds()
+    rng = random.Random(recipe.seed + 2)
+    gen = torch.Generator().manual_seed(recipe.seed + 3)
+    alphas = sd_alphas_cumprod()
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=recipe.min_snr_gamma) / snr  # min-SNR-gamma for eps prediction
+    decay, no_decay = [], []
+    for m in (unet, text_model):
+        for name, p in m.named_parameters():
+            (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=recipe.unet_lr, betas=(0.9, 0.99))
+    ema = EMA([unet, text_model], recipe.ema_decay)
+    unet.train()
+    text_model.train()
+    steps = recipe.unet_steps
+    t0 = time.time()
+    running = None
+    n = len(latents)
+    for step in range(steps):
+        warm = min(1.0, (step + 1) / recipe.unet_warmup)
+        lr = recipe.unet_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, n, (recipe.unet_batch,), generator=gen)
+        x0 = latents[idx].to(device)
+        prompts = ["" if rng.random() < recipe.p_uncond else demo_data.caption(scenes[i], rng) for i in idx.tolist()]
+        t = torch.randint(0, 1000, (recipe.unet_batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        a = alphas[t].to(device)[:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast():
+            context = encode_text(text_model, ids_for(prompts).to(device))
+            pred = unet(xt, t.to(device).float(), context)
+        per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per * weights[t].to(device)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(text_model.parameters(), 1.0)
+        opt.step()
+        ema.update(step)
+        running = per.mean().item() if running is None else 0.98 * running + 0.02 * per.mean().item()
+        if step % 50 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"unet step {step}/{steps} mse {running:.4f} lr {lr:.2e} ({el / (step + 1):.2f} s/step, "
+                f"eta {el / (step + 1) * (steps - step - 1) / 60:.1f} min)")
+    unet.eval()
+    text_model.eval()
+    return ema
+
+
+# ---- saving -----------------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, unet, vae, text_model, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    sd: dict[str, torch.Tensor] = {}
+    for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
+                           ("cond_stage_model.transformer.", text_model)):
+        for key, value in module.state_dict().items():
+            if key.endswith("position_ids"):
+                continue
+            sd[prefix + key] = value.detach().to(torch.float16).contiguous() if value.is_floating_point() else value.contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    log(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB, {len(sd)} tensors)")
+
+
+# ---- validation without the engine ---------------------------------------------------------------
+
+@torch.no_grad()
+def trainer_only_sample(unet, vae, text_model, prompts: list[str], seed: int, *, negative: str = "",
+                        steps: int = 20, cfg: float = 7.0, device=torch.device("cpu")) -> list:
+    """A minimal Euler sampler over SD's discrete sigmas (CFG, eps prediction), for checking a model
+    while training when the engine's pipeline is unavailable. Palette's users and tests use the Engine."""
+    from PIL import Image
+
+    ids_for = TextIds()
+    alphas = sd_alphas_cumprod()
+    sigmas_table = ((1 - alphas) / alphas).sqrt()
+    ts = torch.linspace(999, 0, steps)
+    sigmas = torch.cat([sigmas_table[ts.round().long()], torch.zeros(1)])
+    cond = encode_text(text_model, ids_for(prompts).to(device))
+    uncond = encode_text(text_model, ids_for([negative] * len(prompts)).to(device))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(prompts), 4, RESOLUTION // 8, RESOLUTION // 8), generator=gen).to(device) * sigmas[0]
+    for i in range(steps):
+        s = sigmas[i]
+        xin = torch.cat([x, x]) / (s**2 + 1).sqrt()
+        t = torch.full((2 * len(prompts),), float(ts[i]), device=device)
+        eps_c, eps_u = unet(xin, t, torch.cat([cond, uncond])).float().chunk(2)
+        eps = eps_u + cfg * (eps_c - eps_u)
+        x = x + eps * (sigmas[i + 1] - s)  # Euler step on d = eps
+    pixels = vae.decode(x / SD1_LATENT_SCALE).float().clamp(-1, 1).add(1).mul(127.5).round().byte()
+    return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
+
+
+# ---- generating with the engine ------------------------------------------------------------------
+
+def make_engine(model_path: Path):
+    """An Engine that sees only `model_path` (its folder), on the CPU or GPU it picks itself."""
+    from modules.engine import Engine
+    from modules.paths import ModelPaths
+
+    paths = ModelPaths.create(ROOT, ckpt_dir=model_path.parent)
+    engine = Engine(paths, outputs_root=ROOT / "tmp" / "demo-outputs")
+    engine.select_checkpoint(model_path.name)
+    return engine
+
+
+def generate(engine, prompt: str, seeds: list[int], *, negative: str = "", steps: int = 20, cfg: float = 7.0,
+             sampler: str = "Euler a", size: int = RESOLUTION):
+    from modules.types import GenerationRequest
+
+    request = GenerationRequest(prompt=prompt, negative_prompt=negative, steps=steps, cfg_scale=cfg,
+                                sampler_name=sampler, width=size, height=size, seed=seeds[0],
+                                batch_size=len(seeds), do_not_save=True)
+    return list(engine.generate(request).images)
+
+
+GRID_ROWS = (
+    ("a red circle on a blue background, top left", ""),
+    ("a yellow star on a black background, center", ""),
+    ("a green square on a white background, bottom right", ""),
+    ("a blue triangle on a yellow background, top right", ""),
+    ("a pink heart on a purple background, bottom left", ""),
+    ("a white circle on a green background, bottom", ""),
+    ("an orange square on a blue background, left", ""),
+    ("a black star on an orange background, top", ""),
+)
+
+
+def draw_grid(model_path: Path, out: Path, seeds: int = 6) -> None:
+    from PIL import Image, ImageDraw
+
+    engine = make_engine(model_path)
+    cell, label_w = 128, 330
+    grid = Image.new("RGB", (label_w + seeds * cell, len(GRID_ROWS) * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (prompt, negative) in enumerate(GRID_ROWS):
+        images = generate(engine, prompt, list(range(1, seeds + 1)), negative=negative)
+        for c, im in enumerate(images):
+            grid.paste(im.resize((cell, cell), Image.Resampling.LANCZOS), (label_w + c * cell, r * cell))
+        text = prompt.replace(" background,", " background,\n")
+        draw.multiline_text((6, r * cell + cell // 2 - 14), text, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    log(f"grid: {out}")
+
+
+# ---- main -------------------------------------------------------------------------------------------
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def make_autocast(device: torch.device, use_bf16: bool):
+    def ctx():
+        if not use_bf16:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seed", type=int, default=Recipe.seed)
+    ap.add_argument("--quick", action="store_true", help="a few minutes, tiny step counts: a loadable, barely trained model")
+    ap.add_argument("--grid", action="store_true", help="only draw the picture grid from an existing --out model")
+    ap.add_argument("--grid-out", type=Path, default=DEFAULT_GRID)
+    ap.add_argument("--no-grid", action="store_true", help="skip the grid after training")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast on the CPU (default fp32 there, as the engine runs on CPUs; GPUs always use bf16)")
+    ap.add_argument("--unet-steps", type=int, default=None)
+    ap.add_argument("--vae-steps", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--work-dir", type=Path, default=ROOT / "tmp" / "demo-train",
+                    help="where the trained autoencoder is kept between runs")
+    ap.add_argument("--reuse-vae", action="store_true",
+                    help="skip autoencoder training when --work-dir holds one for this seed (recipe changes to the UNet only)")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.grid:
+        draw_grid(args.out, args.grid_out)
+        return 0
+
+    recipe = Recipe(seed=args.seed)
+    if args.quick:
+        recipe = replace(recipe, **QUICK)
+    if args.unet_steps is not None:
+        recipe = replace(recipe, unet_steps=args.unet_steps)
+    if args.vae_steps is not None:
+        recipe = replace(recipe, vae_steps=args.vae_steps)
+    device = pick_device()
+    use_bf16 = device.type == "cuda" or args.bf16
+    autocast = make_autocast(device, use_bf16)
+    log(f"device {device}, bf16 autocast {use_bf16}, threads {torch.get_num_threads()}, recipe {asdict(recipe)}")
+    started = time.time()
+
+    torch.manual_seed(recipe.seed)
+    random.seed(recipe.seed)
+    unet, vae, text_model = build_networks(recipe)
+    for name, m in (("unet", unet), ("vae", vae), ("text", text_model)):
+        log(f"{name}: {sum(p.numel() for p in m.parameters()) / 1e6:.2f} M parameters")
+    unet.to(device), vae.to(device), text_model.to(device)
+
+    scenes, pixels = demo_data.make_dataset(recipe.images, recipe.seed)
+    log(f"drew {len(scenes)} pictures")
+    vae_file = args.work_dir / f"vae-seed{recipe.seed}{'-quick' if args.quick else ''}.safetensors"
+    if args.reuse_vae and vae_file.is_file():
+        from safetensors.torch import load_file
+
+        vae.load_state_dict(load_file(str(vae_file)))
+        vae_note = f"reused {vae_file.name} (trained earlier by this script with the same recipe)"
+        log(vae_note)
+    else:
+        from safetensors.torch import save_file
+
+        train_vae(vae, pixels, recipe, device, autocast)
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_file))
+        vae_note = "trained in this run"
+    vae.eval()
+    t_vae = time.time() - started
+    latents = fold_latent_scale(vae, encode_all(vae, pixels, device, autocast))
+    log(f"latents {tuple(latents.shape)}: scaled std {(latents * SD1_LATENT_SCALE).std():.3f}")
+    vae.requires_grad_(False)
+    ema = train_unet(unet, text_model, latents, scenes, recipe, device, autocast)
+    ema.copy_to()
+    elapsed = time.time() - started
+    metadata = {
+        "palette.demo": "true",
+        "palette.default_resolution": str(RESOLUTION),
+        "modelspec.title": "Palette demo model (shapes)",
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.description": "Palette's tiny demo model: one coloured shape on a flat background, "
+                                 "trained from scratch by tools/train_demo_model.py. Not a general model.",
+        "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
+        "modelspec.prediction_type": "epsilon",
+        "palette.training": json.dumps({
+            "command": " ".join(["tools/train_demo_model.py", *(argv if argv is not None else sys.argv[1:])]),
+            "recipe": asdict(recipe),
+            "seconds": round(elapsed),
+            "vae_seconds": round(t_vae),
+            "vae": vae_note,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "bf16_autocast": use_bf16,
+        }),
+    }
+    save_checkpoint(args.out, unet, vae, text_model, metadata)
+    log(f"training took {elapsed / 60:.1f} min")
+    if not args.no_grid and not args.quick:
+        draw_grid(args.out, args.grid_out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
