@@ -111,3 +111,23 @@ def save_image(
             Path(tmp).unlink(missing_ok=True)
             raise
     return final
+
+
+def grid_rows(count: int) -> int:
+    """A1111's default grid layout (`n_rows = -1`): round(sqrt(n)) rows, at most n."""
+    import math
+
+    return max(1, min(count, round(math.sqrt(count))))
+
+
+def make_grid(images: list[Any], rows: int | None = None) -> Any:
+    """Images of one size pasted into a grid (row-major), as A1111's batch grid."""
+    from PIL import Image
+
+    rows = rows or grid_rows(len(images))
+    cols = -(-len(images) // rows)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h), "black")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % cols) * w, (i // cols) * h))
+    return grid

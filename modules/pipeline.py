@@ -309,7 +309,8 @@ def generate(
             decoded = vae.decode(samples, tile_latent=max(settings.vae_tile_size // 8, 32))
             for j, picture in enumerate(tensor_to_pil(decoded)):
                 index = it * request.batch_size + j
-                text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path)
+                text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
+                                 first.scheduler)
                 images.append(picture)
                 infotexts.append(text)
                 seeds_out.append(all_seeds[index])
@@ -318,6 +319,13 @@ def generate(
                     paths.append(str(_save(engine, settings, request, picture, text, all_seeds[index], checkpoint, prompt)))
             if interrupted:
                 break
+    grid_path = None
+    if len(images) > 1 and settings.samples_save and not request.do_not_save:
+        grid = outputs.make_grid(images)
+        ctx = outputs.NameContext(seed=all_seeds[0], prompt=prompt, steps=request.steps)
+        grid_path = str(outputs.save_image(grid, engine.output_dir(settings.outdir_grids), ctx,
+                                           infotext=infotexts[0], pattern="grid-" + settings.samples_filename_pattern,
+                                           fmt=settings.samples_format, per_date_folder=settings.save_to_dirs))
     info = {
         "seed": all_seeds[0], "all_seeds": seeds_out, "subseed": all_subseeds[0], "all_subseeds": subseeds_out,
         "prompt": request.prompt, "negative_prompt": negative, "all_prompts": [request.prompt] * len(images),
@@ -326,7 +334,7 @@ def generate(
         "sd_model_hash": _model_hash(engine, bundle), "sampler_name": first.sampler.label,
         "scheduler": first.scheduler, "cfg_scale": request.cfg_scale, "steps": request.steps,
         "width": request.width, "height": request.height, "model_family": bundle.detection.label,
-        "elapsed_s": round(time.monotonic() - run.started, 3),
+        "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path,
     }
     return Result(tuple(images), tuple(infotexts), tuple(seeds_out), tuple(subseeds_out),
                   tuple([request.prompt] * len(images)), tuple([negative] * len(images)), info, tuple(paths), interrupted)
@@ -367,7 +375,9 @@ def _model_hash(engine: Any, bundle: ModelBundle) -> str:
     return engine.model_hash(bundle.path) if engine is not None else ""
 
 
-def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path) -> str:  # noqa: ANN001
+def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, scheduler) -> str:  # noqa: ANN001
+    # A1111 writes the schedule it resolved ("DPM++ 2M" + Automatic → Karras)
+    extra = {"Schedule type": scheduler} if scheduler != "Automatic" else None
     params = infotext.params_for(
         request,
         seed=seed,
@@ -377,6 +387,7 @@ def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path) -> s
         vae_name=vae_path.name if vae_path else None,
         vae_hash=engine.model_hash(vae_path)[:8] if (vae_path and engine is not None) else None,
         version=VERSION,
+        extra=extra,
     )
     return infotext.build(params, request.prompt, request.negative_prompt)
 

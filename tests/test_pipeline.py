@@ -44,6 +44,8 @@ def test_txt2img_img2img_and_hires_produce_images_with_parseable_infotext(engine
     params = infotext.parse(res.infotexts[0])
     assert params["Seed"] in (42, "42") and params["Sampler"] == "Euler" and params["Size-1"] in (64, "64")
     assert res.seeds == (42, 43)
+    grid = Image.open(res.info["grid_path"])
+    assert grid.size == (128, 64) and "txt2img-grids" in res.info["grid_path"]
     for path in res.paths:
         assert Path(path).is_file() and infotext.read_infotext(Image.open(path)) == res.infotexts[res.paths.index(path)]
 
@@ -56,6 +58,15 @@ def test_txt2img_img2img_and_hires_produce_images_with_parseable_infotext(engine
                                hr_upscaler="Latent (nearest-exact)", hr_denoising_strength=0.6))
     assert res.images[0].size == (96, 96)
     assert "Hires upscale: 1.5" in res.infotexts[0]
+
+
+def test_grid_layout_follows_a1111():
+    from modules.outputs import grid_rows, make_grid
+
+    assert [grid_rows(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [1, 1, 2, 2, 2, 2, 3]
+    tiles = [Image.new("RGB", (8, 4), (i * 40, 0, 0)) for i in range(5)]
+    grid = make_grid(tiles)
+    assert grid.size == (24, 8) and grid.getpixel((9, 1)) == (40, 0, 0) and grid.getpixel((20, 6)) == (0, 0, 0)
 
 
 def test_same_seed_is_bit_identical_and_batch_position_equals_seed_alone(engine):
