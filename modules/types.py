@@ -7,6 +7,7 @@ can all map to them by name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -23,6 +24,23 @@ class LoraRef:
     te_weight: float = 1.0
     unet_weight: float = 1.0
     dyn: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    """A LoRA or textual-inversion file found on disk, as the extra-networks panel and the API list it.
+
+    `name` is what a prompt uses (`<lora:name:1>`, or the embedding's trigger word): the file stem.
+    `hash` is A1111's short hash (addnet sha256 for LoRAs, 12 hex), None until computed.
+    `metadata` holds sanitised kohya `ss_*` training fields (strings only)."""
+
+    name: str
+    kind: str  # "lora" | "embedding"
+    path: Path
+    family: str | None = None  # "sd1", "sd2", "sdxl", or None when the file does not tell
+    hash: str | None = None
+    preview: Path | None = None  # an image beside the file (name.png, name.preview.png, …)
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
