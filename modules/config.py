@@ -35,6 +35,8 @@ class Settings:
     family_overrides: dict = option({}, "Stable Diffusion", "Per-model family override")
     emphasis: str = option("Original", "Stable Diffusion", "Emphasis mode", ("Original", "No norm", "Ignore", "None"))
     comma_padding_backtrack: int = option(20, "Stable Diffusion", "Prompt word wrap length limit", minimum=0, maximum=74)
+    inpainting_mask_weight: float = option(1.0, "Stable Diffusion", "Inpainting conditioning mask strength",
+                                           minimum=0.0, maximum=1.0)
     precision: str = option("auto", "Compute", "Precision", ("auto", "fp32", "bf16", "fp16"))
     no_half_vae: bool = option(False, "Compute", "Keep the VAE in fp32")
     vae_tile_size: int = option(512, "Compute", "VAE tile size (pixels) for large images", minimum=256, maximum=2048)

@@ -155,7 +155,7 @@ def params_for(
     })
     if r.is_img2img:
         p["Denoising strength"] = r.denoising_strength
-        if r.mask is not None:
+        if r.mask is not None or any(r.outpaint_pad):
             if r.inpainting_mask_invert:
                 p["Mask mode"] = "Inpaint not masked"
             if r.mask_blur > 0:
@@ -165,6 +165,13 @@ def params_for(
                 p["Masked area padding"] = r.inpaint_full_res_padding
             if r.inpainting_fill != 1:
                 p["Masked content"] = MASKED_CONTENT[r.inpainting_fill]
+            if r.soft_inpainting:  # A1111's soft inpainting extension's keys
+                p["Soft inpainting enabled"] = True
+                p["Soft inpainting schedule bias"] = r.soft_inpainting_schedule_bias
+                p["Soft inpainting preservation strength"] = r.soft_inpainting_preservation
+                p["Soft inpainting transition contrast boost"] = r.soft_inpainting_contrast
+            if any(r.outpaint_pad):  # Palette's own: left right up down, in pixels
+                p["Outpaint padding"] = " ".join(str(v) for v in r.outpaint_pad)
     elif r.enable_hr:
         p["Denoising strength"] = r.hr_denoising_strength
         if r.hr_sampler_name is not None and r.hr_sampler_name != r.sampler_name:
@@ -181,6 +188,8 @@ def params_for(
         if r.hr_second_pass_steps:
             p["Hires steps"] = r.hr_second_pass_steps
         p["Hires upscaler"] = r.hr_upscaler
+    if "inpainting_mask_weight" in r.override_settings:
+        p["Conditional mask weight"] = r.override_settings["inpainting_mask_weight"]
     for key, value in (extra or {}).items():
         p[key] = value
     emphasis = r.override_settings.get("emphasis")
@@ -408,6 +417,9 @@ def request_from_params(params: Mapping[str, Any], base: GenerationRequest | Non
             c[name] = _float(g(key))
     if "Emphasis" in params:
         c["override_settings"] = {**base.override_settings, "emphasis": g("Emphasis")}
+    if "Conditional mask weight" in params:  # A1111 maps it to the inpainting_mask_weight setting
+        c["override_settings"] = {**c.get("override_settings", base.override_settings),
+                                  "inpainting_mask_weight": _float(g("Conditional mask weight"))}
 
     hires_resize = _pair(params, "Hires resize") or (0, 0)
     hires = any(k in params for k in ("Hires upscale", "Hires upscaler", "Hires steps")) or hires_resize != (0, 0)
@@ -457,6 +469,18 @@ def _inpaint_fields(params: Mapping[str, Any], base: GenerationRequest, c: dict[
         c["inpaint_full_res_padding"] = _int(g("Masked area padding"))
     if "Noise multiplier" in params:
         c["initial_noise_multiplier"] = _float(g("Noise multiplier"))
+    if str(g("Soft inpainting enabled", "")).lower() == "true":
+        c["soft_inpainting"] = True
+        for key, name in (("Soft inpainting schedule bias", "soft_inpainting_schedule_bias"),
+                          ("Soft inpainting preservation strength", "soft_inpainting_preservation"),
+                          ("Soft inpainting transition contrast boost", "soft_inpainting_contrast")):
+            if key in params:
+                c[name] = _float(g(key))
+    if "Outpaint padding" in params:
+        parts = str(g("Outpaint padding")).split()
+        if len(parts) != 4:
+            raise ValueError(f"infotext Outpaint padding: {g('Outpaint padding')!r} is not four numbers")
+        c["outpaint_pad"] = tuple(_int(v) for v in parts)
 
 
 def request_from_infotext(text: str, base: GenerationRequest | None = None) -> GenerationRequest:

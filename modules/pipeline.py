@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules import infotext, outputs
+from modules import infotext, inpaint, outputs
 from modules.checkpoints import ModelBundle
 from modules.conditioning import EncodedPlan, EncodeOptions, encode_prompts
 from modules.config import Settings
@@ -183,15 +183,18 @@ class _Run:
         self.first_pass_calls = 0
         self.vae = bundle.vae
         self.started = time.monotonic()
+        self.masking: inpaint.Batch | None = None  # inpaint: c_concat and the per-step latent mask
 
     def sample(self, plan: PassPlan, x: torch.Tensor, positive: EncodedPlan, negative: EncodedPlan,
                seeds: list[int], rng: Any, first_pass: bool) -> torch.Tensor:
         network = NetworkAdapter(
             self.bundle.unet.model, self.schedule.sigma_to_t, self.bundle.detection.prediction,
             dtype=self.bundle.plan.unet_dtype, device=self.bundle.plan.device,
+            extra_channels=self.masking.image_cond(x) if self.masking is not None else None,
         )
         denoiser = GuidedDenoiser(network, positive, negative, self.request.cfg_scale * plan.sampler.cfg_scale_multiplier,
-                                  post_cfg=tuple(self.bundle.unet.get_hooks("post_cfg")),
+                                  post_cfg=tuple(self.bundle.unet.get_hooks("post_cfg"))
+                                  + (self.masking.post_cfg if self.masking is not None else ()),
                                   always_uncond=plan.sampler.needs_uncond)
         total = len(plan.sigmas) - 1
         every = self.settings.live_preview_every
@@ -241,9 +244,9 @@ def generate(
 ) -> Result:
     """Run a txt2img / img2img (+ hires fix) job; see the module docstring."""
     validate_request(request)
-    if bundle.detection.variant:
-        raise RequestError("checkpoint", f"{bundle.detection.label} checkpoints need the inpaint mode, "
-                                         "which is not available yet; use a normal checkpoint")
+    if bundle.detection.variant not in ("", "inpaint"):
+        raise RequestError("checkpoint", f"{bundle.detection.label} checkpoints are not supported yet; "
+                                         "use a normal or an inpainting checkpoint")
     prompts_clean, networks = parse_extra_networks_batch([request.prompt])
     if networks:
         kinds = ", ".join(f"<{k}:…>" for k in networks)
@@ -267,8 +270,10 @@ def generate(
     pos = encode_prompts(bundle.text, [prompt], calls, options)
     neg = encode_prompts(bundle.text, [negative], calls, options, negative=True)
 
-    init_latents = None
-    if request.is_img2img:
+    masked = inpaint.prepare(request, vae, mask_weight=settings.inpainting_mask_weight,
+                             concat=bundle.detection.variant == "inpaint")
+    init_latents = masked.init_latents if masked is not None else None
+    if init_latents is None and request.is_img2img:
         mode = request.resize_mode
         pictures = [resize_image(mode, im, request.width, request.height) if mode != 3 else im for im in request.init_images]
         latents = vae.encode(pil_to_tensor(pictures))
@@ -292,12 +297,15 @@ def generate(
                                      subseed_strength=request.subseed_strength,
                                      seed_resize_from=(request.seed_resize_from_h, request.seed_resize_from_w))
             noise = rng.first()
+            run.masking = part = masked.batch(seeds) if masked is not None else None
             try:
                 if init_latents is None:
                     x = noise * first.sigmas[0]
                 else:
                     base = init_latents[torch.arange(len(seeds)) % init_latents.shape[0]]
-                    x = base + noise * first.sigmas[0]
+                    if part is not None:
+                        base = part.start_latents(base)
+                    x = base + noise * (first.sigmas[0] * request.initial_noise_multiplier)
                 samples = run.sample(first, x, pos, neg, seeds, rng, True)
                 if request.enable_hr and not request.is_img2img:
                     samples = _hires(run, bundle, request, samples, seeds, subseeds, options)
@@ -306,11 +314,15 @@ def generate(
             except _Interrupted as stop:
                 samples = stop.args[0]
                 interrupted = True
+            if part is not None:
+                samples = part.final(samples)
             decoded = vae.decode(samples, tile_latent=max(settings.vae_tile_size // 8, 32))
             for j, picture in enumerate(tensor_to_pil(decoded)):
                 index = it * request.batch_size + j
+                if part is not None:
+                    picture = part.finish(picture, j)
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
-                                 first.scheduler)
+                                 first.scheduler, masked.infotext if masked is not None else None)
                 images.append(picture)
                 infotexts.append(text)
                 seeds_out.append(all_seeds[index])
@@ -375,9 +387,11 @@ def _model_hash(engine: Any, bundle: ModelBundle) -> str:
     return engine.model_hash(bundle.path) if engine is not None else ""
 
 
-def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, scheduler) -> str:  # noqa: ANN001
+def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, scheduler, more=None) -> str:  # noqa: ANN001
     # A1111 writes the schedule it resolved ("DPM++ 2M" + Automatic → Karras)
     extra = {"Schedule type": scheduler} if scheduler != "Automatic" else None
+    if more:
+        extra = {**(extra or {}), **more}
     params = infotext.params_for(
         request,
         seed=seed,

@@ -75,7 +75,7 @@ class GenerationRequest:
     init_images: tuple[Any, ...] = ()  # PIL images
     denoising_strength: float = 0.75
     resize_mode: int = 0
-    # inpainting (issue 8 fills these in)
+    # inpainting (modules/inpaint.py): mask white = redraw
     mask: Any | None = None
     mask_blur: int = 4
     inpainting_fill: int = 1
@@ -83,6 +83,13 @@ class GenerationRequest:
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float = 1.0
+    # soft inpainting (A1111's built-in extension): the mask stays soft; per-pixel blend every step
+    soft_inpainting: bool = False
+    soft_inpainting_schedule_bias: float = 1.0
+    soft_inpainting_preservation: float = 0.5
+    soft_inpainting_contrast: float = 4.0
+    # outpainting: pixels added around the init image (left, right, up, down), filled and masked
+    outpaint_pad: tuple[int, int, int, int] = (0, 0, 0, 0)
     # hires fix
     enable_hr: bool = False
     hr_scale: float = 2.0

@@ -98,6 +98,9 @@ def validate_request(request: GenerationRequest) -> None:
             known = ", ".join(["Automatic", *SCHEDULES])
             raise RequestError(name, f"unknown schedule type {value!r}; known: {known}")
     _integer("resize_mode", request.resize_mode, 0, len(RESIZE_MODES) - 1)
+    from modules import inpaint  # mask, inpaint options and outpainting
+
+    inpaint.validate(request)
     if request.enable_hr:
         _finite("hr_scale", request.hr_scale, 1.0, 8.0)
         _integer("hr_second_pass_steps", request.hr_second_pass_steps, 0, MAX_STEPS)
