@@ -60,7 +60,7 @@ def validate(request: GenerationRequest) -> None:
     _integer("inpainting_mask_invert", request.inpainting_mask_invert, 0, 1)
     _finite("initial_noise_multiplier", request.initial_noise_multiplier, 0.0, 1.5)
     _finite("soft_inpainting_schedule_bias", request.soft_inpainting_schedule_bias, 0.0, 8.0)
-    _finite("soft_inpainting_preservation", request.soft_inpainting_preservation, 0.0, 1.0)
+    _finite("soft_inpainting_preservation", request.soft_inpainting_preservation, 0.0, 8.0)
     _finite("soft_inpainting_contrast", request.soft_inpainting_contrast, 1.0, 32.0)
     pad = request.outpaint_pad
     if not (isinstance(pad, (tuple, list)) and len(pad) == 4):

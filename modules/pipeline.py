@@ -346,6 +346,7 @@ def generate(
         "sd_model_hash": _model_hash(engine, bundle), "sampler_name": first.sampler.label,
         "scheduler": first.scheduler, "cfg_scale": request.cfg_scale, "steps": request.steps,
         "width": request.width, "height": request.height, "model_family": bundle.detection.label,
+        "is_using_inpainting_conditioning": bundle.detection.variant == "inpaint",
         "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path,
     }
     return Result(tuple(images), tuple(infotexts), tuple(seeds_out), tuple(subseeds_out),

@@ -81,8 +81,9 @@ def _schedule(value: str | None, field_name: str, same: tuple[str, ...] = ()) ->
 def _notes(body: Any) -> list[str]:
     """What was accepted but has no effect yet, said plainly in `info`."""
     notes = []
-    if body.alwayson_scripts:
-        notes.append(f"alwayson_scripts ignored ({', '.join(map(str, body.alwayson_scripts))}): "
+    ignored = [str(k) for k in (body.alwayson_scripts or {}) if str(k).lower() != "soft inpainting"]
+    if ignored:
+        notes.append(f"alwayson_scripts ignored ({', '.join(ignored)}): "
                      "no feature in Palette owns these scripts yet")
     if body.script_name:
         notes.append(f"script_name {body.script_name!r} ignored: scripts are not supported yet")
@@ -160,7 +161,20 @@ def _img2img_values(body: Any) -> dict[str, Any]:
         inpainting_fill=body.inpainting_fill, inpaint_full_res=body.inpaint_full_res,
         inpaint_full_res_padding=body.inpaint_full_res_padding, inpainting_mask_invert=body.inpainting_mask_invert,
         initial_noise_multiplier=1.0 if body.initial_noise_multiplier is None else body.initial_noise_multiplier,
+        outpaint_pad=tuple(body.outpaint_pad) if body.outpaint_pad else (0, 0, 0, 0),
+        **_soft_inpainting(body.alwayson_scripts),
     )
+
+
+def _soft_inpainting(scripts: Any) -> dict[str, Any]:
+    """A1111 clients turn soft inpainting on as the always-on script "soft inpainting" with args
+    [enabled, schedule bias, preservation strength, transition contrast boost, …]."""
+    entry = next((v for k, v in dict(scripts or {}).items() if str(k).lower() == "soft inpainting"), None)
+    args = list(entry.get("args") or []) if isinstance(entry, dict) else []
+    if not args or args[0] is not True:
+        return {}
+    names = ("soft_inpainting_schedule_bias", "soft_inpainting_preservation", "soft_inpainting_contrast")
+    return {"soft_inpainting": True, **{n: float(v) for n, v in zip(names, args[1:4]) if isinstance(v, (int, float))}}
 
 
 def echo(body: Any) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class InitFields(_Lenient):
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: Optional[float] = None
     latent_mask: Optional[str] = None
+    outpaint_pad: Optional[list[int]] = None  # Palette: pixels to add (left, right, up, down), filled and masked
     include_init_images: bool = False
 
 
