@@ -115,7 +115,7 @@ def build_ui(engine: Any, queue: Any, options: Any = None) -> gr.Blocks:
             ctx.tabs = tabs
             for tab_id, label, build in TABS:
                 with gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}"):
-                    if tab_id in ("txt2img", "img2img"):
+                    if tab_id in ("txt2img", "img2img", "inpaint"):
                         build(ctx, top.widgets)
                     elif tab_id == "queue":
                         queue_timer = build(ctx)

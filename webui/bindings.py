@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from modules import infotext
+from modules import infotext, inpaint
 from modules.sampling.samplers import SAMPLERS
 from modules.sampling.schedules import SCHEDULES
 from modules.tokenizer import default_tokenizer
@@ -36,6 +36,11 @@ HIRES = (
 )
 TXT2IMG_FIELDS = TOP_BAR + COMMON + HIRES
 IMG2IMG_FIELDS = TOP_BAR + COMMON + ("init_images", "resize_mode", "denoising_strength")
+# The Inpaint tab; its outpainting pixels (four sliders) become `outpaint_pad` in the tab's own code.
+INPAINT_FIELDS = IMG2IMG_FIELDS + (
+    "mask", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+    "soft_inpainting", "soft_inpainting_schedule_bias", "soft_inpainting_preservation", "soft_inpainting_contrast",
+)
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,26 @@ def _resize_index(label: Any) -> int:
     return RESIZE_MODES.index(label) if label in RESIZE_MODES else 0
 
 
+def _label_index(label: Any, labels: tuple[str, ...]) -> int:
+    """A radio's label → its index (an index passes through)."""
+    if isinstance(label, int):
+        return label
+    if label not in labels:
+        raise ValueError(f"{label!r} is not one of {', '.join(labels)}")
+    return labels.index(label)
+
+
 SPECIAL: dict[str, Converter] = {
     "checkpoint": Converter(lambda v: v or None, lambda v: v or None),
     # The job carries the VAE the user sees ("Automatic" = the checkpoint's sidecar), not the global setting.
     "vae": Converter(lambda v: v or None, lambda v: v or AUTOMATIC_VAE),
     "init_images": Converter(lambda v: (v,) if v is not None else (), _first_image),
     "resize_mode": Converter(_resize_index, lambda v: RESIZE_MODES[v]),
+    "mask": Converter(lambda v: v, lambda v: v),
+    "inpainting_mask_invert": Converter(lambda v: _label_index(v, inpaint.MASK_MODES), lambda v: inpaint.MASK_MODES[v]),
+    "inpainting_fill": Converter(lambda v: _label_index(v, inpaint.MASKED_CONTENT), lambda v: inpaint.MASKED_CONTENT[v]),
+    "inpaint_full_res": Converter(lambda v: v == inpaint.INPAINT_AREAS[1] if isinstance(v, str) else bool(v),
+                                  lambda v: inpaint.INPAINT_AREAS[int(bool(v))]),
     "hr_sampler_name": Converter(lambda v: None if v in (None, "", SAME_SAMPLER) else v, lambda v: v or SAME_SAMPLER),
     "hr_scheduler": Converter(lambda v: None if v in (None, "", SAME_SCHEDULER) else v, lambda v: v or SAME_SCHEDULER),
 }
@@ -105,7 +124,7 @@ def request_from_values(values: Mapping[str, Any], base: GenerationRequest | Non
 def values_from_request(request: GenerationRequest, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The widget value for every field in `names` (default: every field the UI shows)."""
     out = {}
-    for name in names or tuple(dict.fromkeys(TXT2IMG_FIELDS + IMG2IMG_FIELDS)):
+    for name in names or tuple(dict.fromkeys(TXT2IMG_FIELDS + INPAINT_FIELDS)):
         value = getattr(request, name)
         conv = SPECIAL.get(name)
         out[name] = conv.to_widget(value) if conv else value
@@ -114,7 +133,7 @@ def values_from_request(request: GenerationRequest, names: tuple[str, ...] | Non
 
 # ---- infotext ---------------------------------------------------------------------------------------
 # Paste never switches the model or VAE behind the user's back, and never touches the init image.
-PASTE_SKIPS = ("checkpoint", "vae", "init_images")
+PASTE_SKIPS = ("checkpoint", "vae", "init_images", "mask")
 
 
 def values_from_infotext(text: str, names: tuple[str, ...]) -> dict[str, Any]:
@@ -123,7 +142,8 @@ def values_from_infotext(text: str, names: tuple[str, ...]) -> dict[str, Any]:
     For the img2img tab "Denoising strength" is the img2img strength, elsewhere the hires one, as in
     A1111's paste buttons; modules.infotext decides that from whether the base request is img2img.
     """
-    base = GenerationRequest(init_images=(None,)) if "init_images" in names else GenerationRequest()
+    img2img = any(n in names for n in ("init_images", "resize_mode"))  # paste leaves the image out of `names`
+    base = GenerationRequest(init_images=(None,)) if img2img else GenerationRequest()
     request = infotext.request_from_params(infotext.parse(text), base)
     return values_from_request(request, tuple(n for n in names if n not in PASTE_SKIPS))
 

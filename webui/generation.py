@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
@@ -83,13 +83,20 @@ def build_request(ctx: UIContext, values: dict[str, Any], styles: list[str] | No
     return request
 
 
-def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: Any, panel: OutputPanel) -> None:
-    """Connect Generate, Interrupt, Skip, the gallery selection, ♻ buttons and Open outputs folder."""
+def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: Any, panel: OutputPanel, *,
+                    extra_inputs: dict[str, Any] | None = None,
+                    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Connect Generate, Interrupt, Skip, the gallery selection, ♻ buttons and Open outputs folder.
+
+    `extra_inputs` are widgets that are not request fields; `prepare(values)` turns them (and any
+    widget value that needs it, like the inpaint editor's layers) into request fields."""
     outputs = [panel.progress, panel.preview, panel.gallery, panel.infotext, panel.last]
 
     def run(request: gr.Request, styles: list[str] | None = None, **values: Any) -> Iterator[dict[Any, Any]]:
         session = session_of(request)
         try:
+            if prepare is not None:
+                values = prepare(values)
             job_request = build_request(ctx, values, styles)
             if tab == "img2img" and not job_request.init_images:
                 raise ValueError("img2img needs an input image: upload one, or use \"Send to img2img\".")
@@ -133,7 +140,7 @@ def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: A
         }
 
     panel.generate.click(
-        run, inputs_kwargs={**widgets, "styles": styles}, outputs=outputs, concurrency_limit=None,
+        run, inputs_kwargs={**widgets, **(extra_inputs or {}), "styles": styles}, outputs=outputs, concurrency_limit=None,
         show_progress="hidden", api_name=f"{tab}_generate",
     )
 
