@@ -3,7 +3,9 @@
 It has the Engine's public methods and returns solid-colour images (colour from the seed) with an
 A1111-style infotext, so the UI can be driven end to end before the real pipeline exists and on
 machines without models. Prompts steer it: "raise" fails, "oom" raises torch.OutOfMemoryError,
-"nan" raises a NaN error, "slow" takes `slow_step` seconds per step.
+"nan" raises a NaN error, "slow" takes `slow_step` seconds per step. An inpaint request (a mask) gets
+its init image back with the masked pixels (mask > 128) painted in the seed's colour, so a UI test can
+see where the mask landed.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ def fake_infotext(req: GenerationRequest, seed: int, model: CheckpointInfo | Non
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,
         "Hires upscale": f"{req.hr_scale:g}" if req.enable_hr else None,
         "Hires upscaler": req.hr_upscaler if req.enable_hr else None,
+        "Mask blur": req.mask_blur if req.mask is not None else None,
+        "Masked content": ("fill", "original", "latent noise", "latent nothing")[req.inpainting_fill]
+        if req.mask is not None and req.inpainting_fill != 1 else None,
     }
     tail = ", ".join(f"{k}: {v}" for k, v in parts.items() if v is not None)
     negative = f"\nNegative prompt: {req.negative_prompt}" if req.negative_prompt else ""
@@ -154,4 +159,10 @@ class FakeEngine:
         rng = random.Random(seed)
         colour = tuple(rng.randrange(40, 256) // (2 if dim else 1) for _ in range(3))
         size = (req.width // 4, req.height // 4) if dim else (req.width, req.height)
+        if req.mask is not None and req.init_images and not dim:
+            init = req.init_images[0].convert("RGB")
+            mask = req.mask.convert("L").resize(init.size).point(lambda v: 255 if v > 128 else 0)
+            if req.inpainting_mask_invert:
+                mask = mask.point(lambda v: 255 - v)
+            return Image.composite(Image.new("RGB", init.size, colour), init, mask)
         return Image.new("RGB", size, colour)
