@@ -3,6 +3,8 @@
 request → validate → seeds → prompts planned and encoded once per distinct text → for each batch:
 noise from the seeds (CPU, A1111-identical) → (img2img: init latents + noise·σ at the start of the
 schedule's tail) → sampler → (hires: upscale, second pass) → VAE decode → infotext → saved files.
+Inpainting is img2img plus `modules.inpaint`: its job supplies the init latents, c_concat and the
+per-step latent mask (a post_cfg hook) for each batch, and composites the decoded picture.
 Everything a job needs arrives in its arguments; nothing here keeps state between jobs.
 """
 from __future__ import annotations

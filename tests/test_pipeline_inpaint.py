@@ -262,3 +262,42 @@ def test_mask_without_init_image_is_refused(tmp_path):
     engine = Engine(ModelPaths.create(tmp_path), plan=PLAN)
     with pytest.raises(RequestError, match="needs an init image"):
         engine.generate(_req(mask=square_mask()))
+
+
+def test_batches_counts_and_several_init_images_keep_each_picture_outside_the_mask(engine):
+    first, second = picture(), picture().transpose(Image.FLIP_LEFT_RIGHT)
+    box = (16, 16, 40, 40)
+    res = engine.generate(_req(checkpoint=MODELS["9ch"], init_images=(first, second), mask=square_mask(box),
+                               batch_size=3, n_iter=2, inpaint_full_res=True))
+    assert len(res.images) == 6 and res.seeds == (5, 6, 7, 8, 9, 10)
+    outside = far_from(box, (64, 64), REACH)
+    for index, out in enumerate(res.images):
+        source = (first, second)[index % 3 % 2]  # batch positions cycle through the init images
+        assert np.array_equal(arr(out)[outside], arr(source)[outside]), index
+    with pytest.raises(RequestError, match="AND prompts"):
+        engine.generate(_req(checkpoint=MODELS["9ch"], init_images=(first, second), mask=square_mask(box),
+                             prompt="a cat AND a dog"))
+
+
+def test_nine_channel_model_runs_img2img_and_hires_fix(engine):
+    res = engine.generate(_req(checkpoint=MODELS["9ch"], init_images=(picture(),), denoising_strength=0.5))
+    assert res.images[0].size == (64, 64) and "Conditional mask weight: 1" in res.infotexts[0]
+    res = engine.generate(_req(checkpoint=MODELS["9ch"], enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1,
+                               hr_upscaler="Latent"))
+    assert res.images[0].size == (96, 96)
+
+
+def test_interrupted_inpaint_still_keeps_the_outside(engine):
+    from modules.engine import CancelToken
+
+    cancel = CancelToken()
+    image, box = picture(), (16, 16, 40, 40)
+
+    def progress(event):
+        cancel.interrupt()
+
+    res = engine.generate(_req(checkpoint=MODELS["4ch"], init_images=(image,), mask=square_mask(box), steps=6),
+                          progress=progress, cancel=cancel)
+    assert res.interrupted and len(res.images) == 1
+    outside = far_from(box, image.size, REACH)
+    assert np.array_equal(arr(res.images[0])[outside], arr(image)[outside])
