@@ -25,7 +25,10 @@ from modules.guidance import GuidedDenoiser, NetworkAdapter
 from modules.prompts import parse_extra_networks_batch
 from modules.sampling import noise as noise_mod
 from modules.sampling.denoiser import DiscreteSchedule
-from modules.sampling.samplers import SamplerInfo, resolve_sampler_name, resolve_scheduler, sigmas_for
+from modules.sampling.samplers import (
+    SamplerInfo, img2img_sigmas, infotext_fields, plan_kwargs, resolve_sampler_name, resolve_scheduler, sampler_table,
+    sigmas_for,
+)
 from modules.text_encoding import AdmParams
 from modules.types import GenerationRequest, ProgressEvent, Result
 from modules.validation import LATENT_UPSCALE_MODES, RequestError, validate_request
@@ -52,6 +55,8 @@ class PassPlan:
     steps: int  # the steps the user asked for (infotext)
     sigmas: torch.Tensor  # the part of the schedule this pass runs, ending in 0
     full_sigmas: torch.Tensor | None = None  # the whole schedule it was cut from
+    table: DiscreteSchedule | None = None  # the noise table the pass samples on (LCM: its own)
+    img2img: bool = False  # the start latent is a noised image (img2img, hires)
 
 
 def resolve_sampler(name: str, scheduler: str | None) -> tuple[SamplerInfo, str]:
@@ -68,11 +73,12 @@ def plan_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, s
     """txt2img: the whole schedule. img2img (A1111, without "img2img_fix_steps"): the tail of the
     `steps`-step schedule that starts int(denoise·steps) steps before the end."""
     info, label = resolve_sampler(sampler, scheduler)
-    sigmas = sigmas_for(info, label, schedule, steps)
+    table = sampler_table(info, schedule)
+    sigmas = sigmas_for(info, label, table, steps)
     if denoise is None:
-        return PassPlan(info, label, steps, sigmas, sigmas)
+        return PassPlan(info, label, steps, sigmas, sigmas, table)
     t_enc = int(min(denoise, 0.999) * steps)
-    return PassPlan(info, label, steps, sigmas[steps - t_enc - 1:], sigmas)
+    return PassPlan(info, label, steps, img2img_sigmas(info, sigmas, steps, t_enc), sigmas, table, True)
 
 
 def plan_hires_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, steps: int,
@@ -81,8 +87,9 @@ def plan_hires_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | N
     info, label = resolve_sampler(sampler, scheduler)
     total = max(int(steps / min(denoise, 0.999)), steps) if denoise > 0 else steps
     t_enc = steps - 1
-    sigmas = sigmas_for(info, label, schedule, total)
-    return PassPlan(info, label, steps, sigmas[total - t_enc - 1:], sigmas)
+    table = sampler_table(info, schedule)
+    sigmas = sigmas_for(info, label, table, total)
+    return PassPlan(info, label, steps, img2img_sigmas(info, sigmas, total, t_enc), sigmas, table, True)
 
 
 # ---- images ------------------------------------------------------------------------------------------
@@ -186,8 +193,9 @@ class _Run:
 
     def sample(self, plan: PassPlan, x: torch.Tensor, positive: EncodedPlan, negative: EncodedPlan,
                seeds: list[int], rng: Any, first_pass: bool) -> torch.Tensor:
+        table = plan.table or self.schedule
         network = NetworkAdapter(
-            self.bundle.unet.model, self.schedule.sigma_to_t, self.bundle.detection.prediction,
+            self.bundle.unet.model, table.sigma_to_t, self.bundle.detection.prediction,
             dtype=self.bundle.plan.unet_dtype, device=self.bundle.plan.device,
         )
         denoiser = GuidedDenoiser(network, positive, negative, self.request.cfg_scale * plan.sampler.cfg_scale_multiplier,
@@ -208,7 +216,8 @@ class _Run:
             if self.cancel.skipped.is_set():
                 raise _Skipped()
 
-        kwargs = sampler_kwargs(plan.sampler, self.request, self.settings)
+        kwargs = {**sampler_kwargs(plan.sampler, self.request, self.settings),
+                  **plan_kwargs(plan.sampler, table, img2img=plan.img2img)}
         # A1111 sizes the Brownian tree on the full schedule, also for img2img's tail
         noise_sampler = rng.noise_sampler(plan.sampler, x, plan.sigmas, seeds, tree_sigmas=plan.full_sigmas)
         return plan.sampler.fn(denoiser, x, plan.sigmas, extra_args={}, callback=callback,
@@ -310,7 +319,7 @@ def generate(
             for j, picture in enumerate(tensor_to_pil(decoded)):
                 index = it * request.batch_size + j
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
-                                 first.scheduler)
+                                 first, settings)
                 images.append(picture)
                 infotexts.append(text)
                 seeds_out.append(all_seeds[index])
@@ -375,9 +384,12 @@ def _model_hash(engine: Any, bundle: ModelBundle) -> str:
     return engine.model_hash(bundle.path) if engine is not None else ""
 
 
-def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, scheduler) -> str:  # noqa: ANN001
+def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, plan, settings) -> str:  # noqa: ANN001
     # A1111 writes the schedule it resolved ("DPM++ 2M" + Automatic → Karras)
-    extra = {"Schedule type": scheduler} if scheduler != "Automatic" else None
+    extra = {"Schedule type": plan.scheduler} if plan.scheduler != "Automatic" else {}
+    # and what else reproduces the image: the sampler options in effect, the precision
+    extra.update(infotext_fields(plan.sampler, sampler_kwargs(plan.sampler, request, settings)))
+    extra[infotext.PRECISION_KEY] = infotext.precision_value(bundle.plan)
     params = infotext.params_for(
         request,
         seed=seed,
