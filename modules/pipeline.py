@@ -193,7 +193,7 @@ class _Run:
 
     def sample(self, plan: PassPlan, x: torch.Tensor, positive: EncodedPlan, negative: EncodedPlan,
                seeds: list[int], rng: Any, first_pass: bool) -> torch.Tensor:
-        table = plan.table or self.schedule
+        table = plan.table if plan.table is not None else self.schedule
         network = NetworkAdapter(
             self.bundle.unet.model, table.sigma_to_t, self.bundle.detection.prediction,
             dtype=self.bundle.plan.unet_dtype, device=self.bundle.plan.device,

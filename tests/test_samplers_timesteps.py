@@ -354,3 +354,23 @@ def test_pipeline_lcm_uses_the_lcm_timesteps(bundle):
     assert [float(t[0]) for _, t in seen] == [999.0, 679.0, 339.0, 19.0]
     _, seen = _generate(bundle, sampler_name="LCM", steps=4, cfg_scale=1.0, scheduler="Karras")
     assert all(int(t[0]) % 20 == 19 for _, t in seen) and float(seen[-1][1][0]) == 19.0
+
+
+def test_pipeline_hires_with_a_timestep_sampler_runs_a1111s_tail(bundle):
+    # hires: 4 steps at 0.5 → an 8-step plan T = 1, 126, ..., 876; t_enc = 3: noised to T[3] = 376,
+    # evaluated from T[2] = 251 (PLMS: 251, its pseudo improved Euler call at 126, then 126)
+    _, seen = _generate(bundle, sampler_name="PLMS", steps=4, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=4,
+                        hr_denoising_strength=0.5, hr_upscaler="Latent (nearest-exact)")
+    first, hires = seen[:4], seen[4:]
+    assert [float(t[0]) for _, t in first] == [751.0, 501.0, 501.0, 251.0]
+    assert [float(t[0]) for _, t in hires] == [251.0, 126.0, 126.0] and hires[0][0].shape[-1] == 12
+
+
+def test_infotext_fields_record_the_options_in_effect():
+    sm = SM.SAMPLERS
+    assert SM.infotext_fields(sm["DDIM"], {"eta": 0.0}) == {}  # A1111's default for DDIM
+    assert SM.infotext_fields(sm["DDIM CFG++"], {"eta": 0.25}) == {"Eta DDIM": 0.25}
+    assert SM.infotext_fields(sm["Euler a"], {"eta": 1.0}) == {}
+    assert SM.infotext_fields(sm["Euler a"], {"eta": 0.5}) == {"Eta": 0.5}
+    assert SM.infotext_fields(sm["DPM++ 2M SDE"], {"eta": 1.0, "s_noise": 0.9}) == {"Sigma noise": 0.9}
+    assert SM.infotext_fields(sm["PLMS"], {}) == {} and SM.infotext_fields(sm["Euler"], {"eta": 0.2}) == {}
