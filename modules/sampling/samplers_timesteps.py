@@ -76,7 +76,8 @@ class _EpsModel:
 
     With σ = σ(t) (the table entry for an integer t, log-sigma interpolation otherwise), the denoiser
     gets x_t·sqrt(1+σ²) at σ; its c_in = 1/sqrt(1+σ²) hands the network x_t and `sigma_to_t(σ)` = t.
-    ε = (x - D)/σ is then the network's own ε (eps models; v models: sqrt(ā)·v + sqrt(1-ā)·x_t)."""
+    ε = (x - D)/σ is then the network's own ε (eps models; v models: sqrt(ā)·v + sqrt(1-ā)·x_t, where
+    A1111 takes ā at the truncated timestep, which differs only at UniPC's fractional model times)."""
 
     def __init__(self, model, schedule: DiscreteSchedule, extra_args: dict | None) -> None:
         self.model = model
