@@ -98,13 +98,14 @@ def model_family_key(family: Any) -> str:
     return MODEL_FAMILY_KEYS.get(getattr(family, "name", str(family)), str(getattr(family, "name", family)).lower())
 
 
-def family_mismatch(lora: LoraFile, family: Any) -> str | None:
-    """The user-facing reason a LoRA cannot be used on a model of `family`, or None."""
+def family_mismatch(lora: LoraFile, family: Any, name: str | None = None) -> str | None:
+    """The user-facing reason a LoRA cannot be used on a model of `family`, or None. `name`: as the
+    prompt wrote it (defaults to the file's)."""
     made_for = lora_family(lora.tensors, lora.metadata)
     model = model_family_key(family)
     if made_for is None or made_for == model:
         return None
-    return f"LoRA '{lora.name}' was made for {FAMILY_LABELS.get(made_for, made_for)}, the model is {getattr(family, 'name', family)}"
+    return f"LoRA '{name or lora.name}' was made for {FAMILY_LABELS.get(made_for, made_for)}, the model is {getattr(family, 'name', family)}"
 
 
 @dataclass

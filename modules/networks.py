@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -96,14 +96,21 @@ class NetworkRegistry:
         with self._lock:
             if self._loras is None:
                 self._loras = self._scan(self.paths.list_files("lora", LORA_EXTENSIONS), self._lora_entry)
-            return list(self._loras)
+            return [self._with_known_hash(e, addnet=e.path.suffix.lower() == ".safetensors") for e in self._loras]
 
     def list_embeddings(self) -> list[NetworkEntry]:
         with self._lock:
             if self._embeddings is None:
                 files = self.paths.list_files("embeddings", emb.EMBEDDING_EXTENSIONS)
                 self._embeddings = self._scan(files, self._embedding_entry)
-            return list(self._embeddings)
+            return [self._with_known_hash(e, addnet=False) for e in self._embeddings]
+
+    def _with_known_hash(self, entry: NetworkEntry, *, addnet: bool) -> NetworkEntry:
+        """A hash computed since the listing (e.g. by a generation) shows up without a rescan."""
+        if entry.hash:
+            return entry
+        known = self._known_hash(entry.path, addnet=addnet)
+        return replace(entry, hash=known) if known else entry
 
     def _scan(self, files: Sequence[Path], make: Any) -> list[NetworkEntry]:
         entries, seen = [], set()
@@ -371,7 +378,7 @@ def _patched(registry: NetworkRegistry | None, bundle: Any, refs: Sequence[LoraR
             lora = registry.open(entry)
         except WeightFileError as exc:
             raise RequestError("prompt", f"LoRA '{ref.name}' cannot be read: {exc}") from None
-        reason = family_mismatch(lora, bundle.family)
+        reason = family_mismatch(lora, bundle.family, ref.name)
         if reason:
             raise RequestError("prompt", reason)
         pairs.append((ref, lora))
