@@ -105,7 +105,8 @@ def family_mismatch(lora: LoraFile, family: Any, name: str | None = None) -> str
     model = model_family_key(family)
     if made_for is None or made_for == model:
         return None
-    return f"LoRA '{name or lora.name}' was made for {FAMILY_LABELS.get(made_for, made_for)}, the model is {getattr(family, 'name', family)}"
+    label = FAMILY_LABELS.get(made_for, made_for)
+    return f"LoRA '{name or lora.name}' was made for {label}, the model is {getattr(family, 'name', family)}"
 
 
 @dataclass
