@@ -103,6 +103,10 @@ def test_strength_zero_is_the_plain_image_and_lycoris_folder_is_searched(engine)
     assert engine.generate(_req(prompt="a red circle <lora:detail:0>")).images[0].tobytes() == plain.images[0].tobytes()
     res = engine.generate(_req(prompt="a red circle <lyco:hada:1>"))
     assert res.images[0].tobytes() != plain.images[0].tobytes() and res.info["lora_skipped_keys"] == {"hada": 0}
+    # other extra-network kinds are skipped and reported, as A1111 skips kinds it does not know
+    res = engine.generate(_req(prompt="a red circle <hypernet:foo:1>"))
+    assert res.images[0].tobytes() == plain.images[0].tobytes()
+    assert res.info["ignored_network_tags"] == ["<hypernet:foo:1>"]
 
 
 def test_hires_pass_uses_the_loras(engine):
