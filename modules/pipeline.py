@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules import infotext, outputs
+from modules import infotext, networks, outputs
 from modules.checkpoints import ModelBundle
 from modules.conditioning import EncodedPlan, EncodeOptions, encode_prompts
 from modules.config import Settings
@@ -189,6 +189,7 @@ class _Run:
         self.job_count = request.n_iter
         self.first_pass_calls = 0
         self.vae = bundle.vae
+        self.networks: Any = None  # networks.JobNetworks of the job
         self.started = time.monotonic()
 
     def sample(self, plan: PassPlan, x: torch.Tensor, positive: EncodedPlan, negative: EncodedPlan,
@@ -253,28 +254,30 @@ def generate(
     if bundle.detection.variant:
         raise RequestError("checkpoint", f"{bundle.detection.label} checkpoints need the inpaint mode, "
                                          "which is not available yet; use a normal checkpoint")
-    prompts_clean, networks = parse_extra_networks_batch([request.prompt])
-    if networks:
-        kinds = ", ".join(f"<{k}:…>" for k in networks)
-        raise RequestError("prompt", f"{kinds} tags are not supported yet (LoRA support is planned); remove them")
+    prompts_clean, _ = parse_extra_networks_batch([request.prompt])
+    nets = networks.prepare_job(getattr(engine, "networks", None), bundle, request)  # LoRAs, embeddings
+    bundle = nets.bundle
     prompt = prompts_clean[0]
     negative = request.negative_prompt
     all_seeds, all_subseeds = _seeds(request)
     vae, vae_path = engine.vae_for(bundle, request.vae or settings.sd_vae) if engine is not None else (bundle.vae, None)
     run = _Run(bundle, settings, request, progress, cancel)
     run.vae = vae
+    run.networks = nets
     options = EncodeOptions(
         clip_skip=request.clip_skip if request.clip_skip != 1 else settings.CLIP_stop_at_last_layers,
         emphasis=settings.emphasis,
         comma_padding_backtrack=settings.comma_padding_backtrack,
+        embeddings=nets.embeddings,
         adm=_adm(bundle, request.width, request.height),
     )
     first = plan_pass(run.schedule, request.sampler_name, request.scheduler, request.steps,
                       request.denoising_strength if request.is_img2img else None)
     calls = (len(first.sigmas) - 1) * (2 if first.sampler.second_order else 1)
     run.first_pass_calls = calls
-    pos = encode_prompts(bundle.text, [prompt], calls, options)
-    neg = encode_prompts(bundle.text, [negative], calls, options, negative=True)
+    with nets.text_applied():
+        pos = encode_prompts(bundle.text, [prompt], calls, options)
+        neg = encode_prompts(bundle.text, [negative], calls, options, negative=True)
 
     init_latents = None
     if request.is_img2img:
@@ -319,7 +322,7 @@ def generate(
             for j, picture in enumerate(tensor_to_pil(decoded)):
                 index = it * request.batch_size + j
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
-                                 first, settings)
+                                 first, settings, nets.infotext_params())
                 images.append(picture)
                 infotexts.append(text)
                 seeds_out.append(all_seeds[index])
@@ -343,7 +346,7 @@ def generate(
         "sd_model_hash": _model_hash(engine, bundle), "sampler_name": first.sampler.label,
         "scheduler": first.scheduler, "cfg_scale": request.cfg_scale, "steps": request.steps,
         "width": request.width, "height": request.height, "model_family": bundle.detection.label,
-        "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path,
+        "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path, **nets.info(),
     }
     return Result(tuple(images), tuple(infotexts), tuple(seeds_out), tuple(subseeds_out),
                   tuple([request.prompt] * len(images)), tuple([negative] * len(images)), info, tuple(paths), interrupted)
@@ -368,28 +371,38 @@ def _hires(run: _Run, bundle: ModelBundle, request: GenerationRequest, samples: 
     calls = (len(plan.sigmas) - 1) * (2 if plan.sampler.second_order else 1)
     hr_options = EncodeOptions(options.clip_skip, options.emphasis, options.comma_padding_backtrack,
                                options.embeddings, _adm(bundle, width, height))
-    hr_prompt = request.hr_prompt or parse_extra_networks_batch([request.prompt])[0][0]
+    hr_prompt = parse_extra_networks_batch([request.hr_prompt or request.prompt])[0][0]
     hr_negative = request.hr_negative_prompt or request.negative_prompt
+    nets = run.networks.for_hires  # the hires prompt's own LoRAs, if it names others
     # A1111 schedules hires prompt edits against both passes: first-pass steps, then hires steps
-    pos = encode_prompts(bundle.text, [hr_prompt], run.first_pass_calls, hr_options, hires_steps=calls)
-    neg = encode_prompts(bundle.text, [hr_negative], run.first_pass_calls, hr_options, negative=True, hires_steps=calls)
+    with nets.text_applied():
+        pos = encode_prompts(bundle.text, [hr_prompt], run.first_pass_calls, hr_options, hires_steps=calls)
+        neg = encode_prompts(bundle.text, [hr_negative], run.first_pass_calls, hr_options, negative=True, hires_steps=calls)
     rng = noise_mod.ImageRNG((latents.shape[1], height // 8, width // 8), seeds, subseeds=subseeds,
                              subseed_strength=request.subseed_strength,
                              seed_resize_from=(request.seed_resize_from_h, request.seed_resize_from_w))
     x = latents + rng.first() * plan.sigmas[0]
-    return run.sample(plan, x, pos, neg, seeds, rng, False)
+    if nets is run.networks:
+        return run.sample(plan, x, pos, neg, seeds, rng, False)
+    nets.bundle.unet.patch_model()  # swaps the first pass's LoRA patches for the hires prompt's
+    try:
+        return run.sample(plan, x, pos, neg, seeds, rng, False)
+    finally:
+        bundle.unet.patch_model()
 
 
 def _model_hash(engine: Any, bundle: ModelBundle) -> str:
     return engine.model_hash(bundle.path) if engine is not None else ""
 
 
-def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, plan, settings) -> str:  # noqa: ANN001
+def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, plan, settings,  # noqa: ANN001
+              networks_extra=None) -> str:
     # A1111 writes the schedule it resolved ("DPM++ 2M" + Automatic → Karras)
     extra = {"Schedule type": plan.scheduler} if plan.scheduler != "Automatic" else {}
-    # and what else reproduces the image: the sampler options in effect, the precision
+    # and what else reproduces the image: the sampler options in effect, the precision, the networks
     extra.update(infotext_fields(plan.sampler, sampler_kwargs(plan.sampler, request, settings)))
     extra[infotext.PRECISION_KEY] = infotext.precision_value(bundle.plan)
+    extra.update(networks_extra or {})
     params = infotext.params_for(
         request,
         seed=seed,
