@@ -22,6 +22,7 @@ from modules.detection import detect
 from modules.devices import DevicePlan, plan_devices
 from modules.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
 from modules.types import GenerationRequest, ProgressEvent, Result
+from modules.upscalers import UpscalerInfo, UpscalerRegistry
 from modules.weights_io import file_sha256, open_weights, stat_key
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class Engine:
         self._cache: OrderedDict[Path, ModelBundle] = OrderedDict()
         self._current: Path | None = None
         self._vaes: dict[tuple[Path, float], object] = {}
+        self.upscalers = UpscalerRegistry(paths, device=self.plan.device, dtype=self.plan.unet_dtype,
+                                          settings=lambda: self.settings)
 
     # ---- settings -------------------------------------------------------------------------------
     def update_settings(self, **changes) -> config_mod.Settings:
@@ -169,6 +172,16 @@ class Engine:
                 self._vaes[key] = load_vae_file(path, self.plan, scaling=bundle.family.vae_scaling,
                                                 shift=bundle.family.vae_shift)
             return self._vaes[key], path
+
+    def list_upscalers(self) -> list[UpscalerInfo]:
+        """PIL upscalers and the model files in the upscaler folders, under A1111's names."""
+        return self.upscalers.list()
+
+    def hr_upscaler_names(self) -> list[str]:
+        """Every name `hr_upscaler` accepts: the Latent modes, then the list above."""
+        from modules.validation import LATENT_UPSCALE_MODES
+
+        return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
 
     def model_hash(self, path: Path) -> str:
         return (self.hashes.sha256(path) or "")[:10]
@@ -251,7 +264,7 @@ class Engine:
         from modules import pipeline
         from modules.validation import validate_request
 
-        validate_request(request)  # before any model is loaded
+        validate_request(request, upscalers=self.hr_upscaler_names())  # before any model is loaded
         settings = self.settings.with_overrides(request.override_settings) if request.override_settings else self.settings
         if request.checkpoint:
             bundle = self.select_checkpoint(request.checkpoint)

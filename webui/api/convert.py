@@ -136,7 +136,8 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
     if img2img:
         values.update(_img2img_values(body))
     request = GenerationRequest(**values)
-    validate_request(request)
+    names = getattr(ctx.engine, "hr_upscaler_names", None)
+    validate_request(request, upscalers=names() if names else None)
     return request, JobMeta(echo(body), notes)
 
 
