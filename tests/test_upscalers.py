@@ -221,3 +221,62 @@ def test_hires_resize_uses_the_model(models):
     model = reg.load("R-ESRGAN 4x+")
     direct = reg.run_model(model, to_tensor(picture), tile=0)  # 96x64, then Lanczos to 48x40
     assert direct.shape[-2:] == (64, 96)
+
+
+# ---- hires fix and SD upscale on the real engine (tiny SD1 checkpoint + tiny Real-ESRGAN) -------------
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from modules.devices import DevicePlan
+    from modules.engine import Engine
+    from tests.tiny_models import write_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("upscale-engine")
+    write_tiny_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1")
+    put(root, "RealESRGAN", "RealESRGAN_x4plus.safetensors", um.esrgan_new(seed=4))
+    plan = DevicePlan(torch.device("cpu"), torch.float32, torch.float32, torch.float32)
+    return Engine(ModelPaths.create(root), plan=plan, outputs_root=root)
+
+
+def test_hires_fix_with_a_model_upscaler(engine):
+    request = GenerationRequest(prompt="a red circle", steps=2, width=64, height=64, seed=1, sampler_name="Euler",
+                                enable_hr=True, hr_scale=2, hr_upscaler="R-ESRGAN 4x+", hr_second_pass_steps=1,
+                                hr_denoising_strength=0.5, do_not_save=True)
+    result = engine.generate(request)
+    assert result.images[0].size == (128, 128)
+    assert "Hires upscaler: R-ESRGAN 4x+" in result.infotexts[0]
+    with pytest.raises(RequestError) as err:
+        engine.generate(request.replace(hr_upscaler="4x-Missing"))
+    assert err.value.field == "hr_upscaler"
+
+
+def test_sd_upscale_tiles_positions_and_blend():
+    from modules.sd_upscale import combine, positions
+
+    assert positions(192, 64, 16) == [0, 42, 85, 128]  # A1111 split_grid: ceil((192-16)/48) = 4, evenly
+    assert positions(64, 64, 16) == [0]
+    # identical tiles cut from one picture must paste back to that picture (ramps blend equal pixels)
+    picture = Image.effect_noise((150, 100), 80).convert("RGB")
+    xs, ys = positions(150, 64, 16), positions(100, 64, 16)
+    tiles = [[picture.crop((x, y, x + 64, y + 64)) for x in xs] for y in ys]
+    assert list(combine(picture.size, xs, ys, tiles, 16).getdata()) == list(picture.getdata())
+    # different tiles: inside an overlap the result fades from the left tile to the right one
+    left, right = Image.new("RGB", (64, 64), (0, 0, 0)), Image.new("RGB", (64, 64), (200, 200, 200))
+    out = combine((112, 64), [0, 48], [0], [[left, right]], 16)
+    row = [out.getpixel((x, 10))[0] for x in range(112)]
+    assert row[:48] == [0] * 48 and row[64:] == [200] * 48
+    assert row[48:64] == sorted(row[48:64]) and 0 <= row[48] < 20 and 180 < row[63] <= 200
+
+
+def test_sd_upscale_runs_img2img_per_tile(engine):
+    from modules import sd_upscale
+
+    init = Image.effect_noise((48, 40), 60).convert("RGB")
+    request = GenerationRequest(prompt="a red circle", steps=2, width=64, height=64, seed=5, sampler_name="Euler",
+                                init_images=(init,), denoising_strength=0.3)
+    result = sd_upscale.run(engine, request, sd_upscale.SDUpscaleOptions("R-ESRGAN 4x+", scale=2, overlap=16))
+    assert result.images[0].size == (96, 80) and result.info["tiles"] == 4
+    assert result.infotexts[0].endswith("SD upscale overlap: 16, SD upscale upscaler: R-ESRGAN 4x+")
+    assert result.paths and Path(result.paths[0]).is_file()
+    with pytest.raises(RequestError, match="smaller than one tile"):
+        sd_upscale.run(engine, request, sd_upscale.SDUpscaleOptions("Lanczos", scale=1, overlap=16))
