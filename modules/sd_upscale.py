@@ -28,6 +28,27 @@ class SDUpscaleOptions:
     overlap: int = 64
 
 
+def is_script(name: str | None) -> bool:
+    """A1111's script_name for this script ("SD upscale", any case)."""
+    return bool(name) and name.strip().lower() == SCRIPT_NAME.lower()
+
+
+def options_from_args(args: list[Any], upscalers: list[str]) -> SDUpscaleOptions:
+    """A1111's script_args `[info, overlap, upscaler_index, scale_factor]`; the upscaler may also be
+    given by name. The index counts in Palette's `/sdapi/v1/upscalers` list."""
+    values = list(args) + [None] * (4 - len(args))
+    _, overlap, upscaler, scale = values[:4]
+    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
+        if not 0 <= upscaler < len(upscalers):
+            raise RequestError("script_args", f"upscaler index {upscaler} is out of range 0..{len(upscalers) - 1}")
+        upscaler = upscalers[upscaler]
+    try:
+        return SDUpscaleOptions(upscaler=str(upscaler if upscaler is not None else "None"),
+                                scale=float(2.0 if scale is None else scale), overlap=int(64 if overlap is None else overlap))
+    except (TypeError, ValueError):
+        raise RequestError("script_args", f"expected [info, overlap, upscaler, scale_factor], got {args!r}") from None
+
+
 def positions(size: int, tile: int, overlap: int) -> list[int]:
     """Tile offsets along one side, as A1111's split_grid places them (evenly, last one flush)."""
     count = max(math.ceil((size - overlap) / (tile - overlap)), 1)
@@ -119,7 +140,10 @@ def run(engine: Any, request: GenerationRequest, opts: SDUpscaleOptions, *,
                                         pattern=settings.samples_filename_pattern, fmt=settings.samples_format,
                                         per_date_folder=settings.save_to_dirs)),)
     info = dict(first.info) if first else {}
-    info.update(seed=seed, tiles=len(xs) * len(ys), width=combined.width, height=combined.height)
+    info.update(seed=seed, all_seeds=[seed], infotexts=[text], all_prompts=[request.prompt],
+                all_negative_prompts=[request.negative_prompt], tiles=len(xs) * len(ys), width=combined.width,
+                height=combined.height, grid_path=None,
+                extra_generation_params={"SD upscale overlap": opts.overlap, "SD upscale upscaler": opts.upscaler})
     return Result((combined,), (text,), (seed,), (first.subseeds[0],) if first and first.subseeds else (),
                   (request.prompt,), (request.negative_prompt,), info, paths,
                   bool(cancel is not None and cancel.interrupted.is_set()))

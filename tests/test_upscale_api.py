@@ -6,6 +6,7 @@ expected pixels come from spandrel run directly on the same state dict, not from
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 import io
 
 import httpx
@@ -124,3 +125,22 @@ def test_a_checkpoint_in_the_upscaler_folder_fails_naming_the_file_and_the_serve
     assert "Stable Diffusion checkpoint" in r.json()["detail"]
     ok = client.post("/sdapi/v1/extra-single-image", json={**body, "upscaler_1": "Lanczos"})
     assert ok.status_code == 200
+
+
+def test_img2img_sd_upscale_script(served, tmp_path_factory):
+    """A1111's script call: script_name "SD upscale", script_args [info, overlap, upscaler, scale]."""
+    from tests.tiny_models import write_tiny_checkpoint
+
+    client, _ = served
+    root = client.get("/sdapi/v1/upscalers").json()[4]["model_path"].split("/models/")[0]
+    write_tiny_checkpoint(Path(root) / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1")
+    source = png_b64(Image.effect_noise((48, 40), 60).convert("RGB"))
+    body = {"init_images": [source], "prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 3,
+            "denoising_strength": 0.3, "script_name": "SD upscale", "script_args": ["", 16, "R-ESRGAN 4x+", 2]}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (96, 80)
+    info = r.json()["info"]
+    assert "SD upscale upscaler: R-ESRGAN 4x+" in info and "script_name" not in info
+    bad = client.post("/sdapi/v1/img2img", json={**body, "script_args": ["", 16, 99, 2]})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][1] == "script_args"

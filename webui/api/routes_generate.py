@@ -13,7 +13,7 @@ from modules.queue import CANCELLED, FAILED
 from modules.validation import RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, failed_job, info_json
-from modules import extras
+from modules import extras, sd_upscale
 from webui.api.images import decode_image, encode_png, text_chunks
 from webui.api.models import (
     ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest, ExtrasSingleImageResponse,
@@ -29,6 +29,8 @@ def owner_of(user: str | None) -> str:
 async def run_generation(ctx: ApiContext, body: GenerationFields, user: str | None, *, img2img: bool) -> dict[str, Any]:
     """Submit, wait (off the loop), answer as A1111 does; a failed job is a 500 with its cause."""
     request, meta = await ctx.run(convert.to_request, ctx, body, img2img=img2img)
+    if img2img and sd_upscale.is_script(body.script_name):
+        return await run_sd_upscale(ctx, body, request, meta, user)
     job = ctx.submit(request, owner_of(user), meta)
     await ctx.run(job.wait)
     state = job.snapshot()
@@ -37,6 +39,15 @@ async def run_generation(ctx: ApiContext, body: GenerationFields, user: str | No
     info = convert.build_info(ctx, request, state.result, meta, cancelled=state.status == CANCELLED)
     info["job_id"] = job.id
     images = await ctx.run(convert.encode_result, state.result) if body.send_images else []
+    return {"images": images, "parameters": meta.parameters, "info": info_json(info)}
+
+
+async def run_sd_upscale(ctx: ApiContext, body: Any, request: Any, meta: Any, user: str | None) -> dict[str, Any]:
+    """img2img with script_name "SD upscale": the whole script is one job on the worker."""
+    opts = await ctx.run(sd_upscale.options_from_args, list(body.script_args or []), ctx.engine.upscalers.names())
+    result = await ctx.run_task(lambda: sd_upscale.run(ctx.engine, request, opts), "SD upscale", owner_of(user))
+    info = convert.build_info(ctx, request, result, meta)
+    images = await ctx.run(convert.encode_result, result) if body.send_images else []
     return {"images": images, "parameters": meta.parameters, "info": info_json(info)}
 
 
