@@ -23,6 +23,7 @@ from modules.devices import DevicePlan, plan_devices
 from modules.networks import NetworkRegistry
 from modules.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
 from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
+from modules.upscalers import UpscalerInfo, UpscalerRegistry
 from modules.weights_io import SafetensorsFile, file_sha256, open_weights, stat_key
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class Engine:
         self._current: Path | None = None
         self._vaes: dict[tuple[Path, float], object] = {}
         self.networks = NetworkRegistry(paths, self.hashes)
+        self.upscalers = UpscalerRegistry(paths, device=self.plan.device, dtype=self.plan.unet_dtype,
+                                          settings=lambda: self.settings)
 
     # ---- settings -------------------------------------------------------------------------------
     def update_settings(self, **changes) -> config_mod.Settings:
@@ -193,6 +196,17 @@ class Engine:
         bundle = self._cache.get(current) if current is not None else None
         return token_count(self.networks, bundle.text if bundle is not None else None, prompt, steps=steps,
                            is_positive=is_positive, comma_padding_backtrack=self.settings.comma_padding_backtrack)
+
+    # ---- upscalers --------------------------------------------------------------------------------
+    def list_upscalers(self) -> list[UpscalerInfo]:
+        """PIL upscalers and the model files in the upscaler folders, under A1111's names."""
+        return self.upscalers.list()
+
+    def hr_upscaler_names(self) -> list[str]:
+        """Every name `hr_upscaler` accepts: the Latent modes, then the list above."""
+        from modules.validation import LATENT_UPSCALE_MODES
+
+        return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
 
     def model_hash(self, path: Path) -> str:
         return (self.hashes.sha256(path) or "")[:10]
@@ -276,7 +290,7 @@ class Engine:
         from modules.networks import check_request
         from modules.validation import validate_request
 
-        validate_request(request)  # before any model is loaded
+        validate_request(request, upscalers=self.hr_upscaler_names())  # before any model is loaded
         check_request(self.networks, request)  # unknown LoRA names too
         settings = self.settings.with_overrides(request.override_settings) if request.override_settings else self.settings
         if request.checkpoint:

@@ -250,7 +250,7 @@ def generate(
     cancel: Any,
 ) -> Result:
     """Run a txt2img / img2img (+ hires fix) job; see the module docstring."""
-    validate_request(request)
+    validate_request(request, upscalers=engine.hr_upscaler_names() if engine is not None else None)
     if bundle.detection.variant:
         raise RequestError("checkpoint", f"{bundle.detection.label} checkpoints need the inpaint mode, "
                                          "which is not available yet; use a normal checkpoint")
@@ -312,7 +312,7 @@ def generate(
                     x = base + noise * first.sigmas[0]
                 samples = run.sample(first, x, pos, neg, seeds, rng, True)
                 if request.enable_hr and not request.is_img2img:
-                    samples = _hires(run, bundle, request, samples, seeds, subseeds, options)
+                    samples = _hires(run, bundle, request, samples, seeds, subseeds, options, engine)
             except _Skipped:
                 continue
             except _Interrupted as stop:
@@ -353,15 +353,16 @@ def generate(
 
 
 def _hires(run: _Run, bundle: ModelBundle, request: GenerationRequest, samples: torch.Tensor,
-           seeds: list[int], subseeds: list[int], options: EncodeOptions) -> torch.Tensor:
+           seeds: list[int], subseeds: list[int], options: EncodeOptions, engine: Any = None) -> torch.Tensor:
     """Hires fix: upscale the first pass (in latent space or through pixels), then an img2img pass."""
     width, height = _hires_size(request)
     if request.hr_upscaler in LATENT_UPSCALE_MODES:
         latents = upscale_latents(samples, request.hr_upscaler, height, width)
     else:
+        from modules.upscalers import resize_for_hires
+
         pixels = tensor_to_pil(run.vae.decode(samples))
-        resample = {"Nearest": Image.NEAREST, "Bicubic": Image.BICUBIC}.get(request.hr_upscaler, Image.LANCZOS)
-        latents = run.vae.encode(pil_to_tensor([p.resize((width, height), resample) for p in pixels]))
+        latents = run.vae.encode(pil_to_tensor(resize_for_hires(engine, pixels, request.hr_upscaler, width, height)))
     steps = request.hr_second_pass_steps or request.steps
     same = ("", None, "Use same sampler", "Use same scheduler")
     plan = plan_hires_pass(run.schedule,

@@ -256,7 +256,8 @@ class JobQueue:
         """Queue a generation. A bad field raises `RequestError` (HTTP 422) now, not after the wait."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
-        validate_request(request)
+        names = getattr(self.engine, "hr_upscaler_names", None)
+        validate_request(request, upscalers=names() if names else None)
         return self._enqueue(Job(request, owner=owner))
 
     def submit_task(self, fn: Callable[[], Any], *, label: str, owner: str | None = None) -> Job:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from modules import config as config_mod
 from modules.engine import CancelToken, CheckpointInfo
+from modules.paths import ModelPaths, safe_join
 from modules.types import GenerationRequest, ProgressEvent, Result
 
 
@@ -60,6 +61,11 @@ class FakeEngine:
         self.calls: list[GenerationRequest] = []
         self.threads: set[str] = set()
         self.on_generate: Callable[[GenerationRequest], None] | None = None
+        # the real upscaler registry over <root>/models: PIL filters, plus any tiny model a test puts there
+        from modules.upscalers import UpscalerRegistry
+
+        self.upscalers = UpscalerRegistry(ModelPaths.create(self.root), device=torch.device("cpu"),
+                                          dtype=torch.float32, settings=lambda: self.settings)
 
     # settings
     def update_settings(self, **changes) -> config_mod.Settings:
@@ -100,6 +106,17 @@ class FakeEngine:
 
     def list_vaes(self) -> list[Path]:
         return [self.root / "models" / "VAE" / "fake-vae.safetensors"]
+
+    def list_upscalers(self) -> list:
+        return self.upscalers.list()
+
+    def hr_upscaler_names(self) -> list[str]:
+        from modules.validation import LATENT_UPSCALE_MODES
+
+        return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
+
+    def output_dir(self, relative: str) -> Path:
+        return safe_join(self.outputs_root, relative) if not Path(relative).is_absolute() else Path(relative)
 
     def samplers(self) -> list[str]:
         return ["Euler a", "Euler", "DPM++ 2M", "DDIM"]

@@ -159,7 +159,9 @@ def hires_fix(engine: Any, tab: str) -> dict[str, Any]:
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}-hires"):
         enable = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}-enable-hr")
         with gr.Row():
-            upscaler = gr.Dropdown(list(bindings.HR_UPSCALERS), value="Latent", label="Upscaler", elem_id=f"{tab}-hr-upscaler")
+            names = getattr(engine, "hr_upscaler_names", None)  # Latent modes, PIL filters, model files
+            upscaler = gr.Dropdown(names() if names else list(bindings.HR_UPSCALERS), value="Latent", label="Upscaler",
+                                   elem_id=f"{tab}-hr-upscaler")
             hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0 = same)", elem_id=f"{tab}-hr-steps")
             denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength", elem_id=f"{tab}-hr-denoise")
         with gr.Row():

@@ -11,6 +11,7 @@ from typing import Any
 
 from modules.config import Settings
 from modules.types import GenerationRequest, Result
+from modules.sd_upscale import is_script as is_sd_upscale
 from modules.validation import RequestError, validate_request
 from webui.api.context import ApiContext, JobMeta, jsonable
 from webui.api.images import decode_image, encode_png
@@ -84,7 +85,7 @@ def _notes(body: Any) -> list[str]:
     if body.alwayson_scripts:
         notes.append(f"alwayson_scripts ignored ({', '.join(map(str, body.alwayson_scripts))}): "
                      "no feature in Palette owns these scripts yet")
-    if body.script_name:
+    if body.script_name and not (getattr(body, "init_images", None) and is_sd_upscale(body.script_name)):
         notes.append(f"script_name {body.script_name!r} ignored: scripts are not supported yet")
     for name in ("restore_faces", "tiling"):
         if getattr(body, name):
@@ -136,7 +137,8 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
     if img2img:
         values.update(_img2img_values(body))
     request = GenerationRequest(**values)
-    validate_request(request)
+    names = getattr(ctx.engine, "hr_upscaler_names", None)
+    validate_request(request, upscalers=names() if names else None)
     return request, JobMeta(echo(body), notes)
 
 

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Body, Depends
 from modules.validation import LATENT_UPSCALE_MODES, RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, jsonable
-from webui.api.images import PIL_UPSCALERS
 from webui.api.models import (
     LatentUpscalerModeItem, PromptStyleItem, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, UpscalerItem,
 )
@@ -41,6 +40,16 @@ def get_options(ctx: ApiContext) -> dict[str, Any]:
 def _sha256(ctx: ApiContext, path: Path) -> str | None:
     hashes = getattr(ctx.engine, "hashes", None)
     return hashes.sha256(path, compute=False) if hashes is not None else None
+
+
+def upscaler_items(ctx: ApiContext) -> list[UpscalerItem]:
+    """A1111's list: name, model_name (the folder family for model files), path and scale."""
+    items = []
+    for info in ctx.engine.list_upscalers():
+        model_name = None if info.kind == "none" else (info.folder if info.kind == "model" else info.name)
+        items.append(UpscalerItem(name=info.name, model_name=model_name,
+                                  model_path=str(info.path) if info.path else None, scale=info.scale))
+    return items
 
 
 def sd_models(ctx: ApiContext) -> list[SDModelItem]:
@@ -193,7 +202,7 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     async def upscalers() -> list[UpscalerItem]:
-        return [UpscalerItem(name=n, model_name=None if n == "None" else n) for n in PIL_UPSCALERS]
+        return await ctx.run(upscaler_items, ctx)
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     async def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
