@@ -13,7 +13,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
-from webui.api import routes_generate, routes_info, routes_jobs
+from webui.api import routes_generate, routes_info, routes_jobs, routes_networks
 from webui.api.auth import make_auth, make_origin_check
 from webui.api.context import ApiContext
 
@@ -36,6 +36,7 @@ def build_router(engine: Any, queue: Any, options: Any = None) -> APIRouter:
     router.include_router(routes_generate.build(ctx, auth))
     router.include_router(routes_info.build(ctx, auth))
     router.include_router(routes_jobs.build(ctx, auth))
+    router.include_router(routes_networks.build(ctx, auth))
     _add_docs(router)
     router.palette_context = ctx  # type: ignore[attr-defined]  # for tests
     return router
