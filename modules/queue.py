@@ -95,10 +95,12 @@ class Job:
         owner: str | None = None,
         task: Callable[[], Any] | None = None,
         label: str = "",
+        restore_checkpoint: bool = False,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.request = request  # frozen dataclass: nobody can change it after submit
         self.owner = owner
+        self.restore_checkpoint = restore_checkpoint  # A1111's override_settings_restore_afterwards
         self.label = label or (request.prompt[:80] if request else "task")
         self.token = CancelToken()
         self._task = task
@@ -234,7 +236,30 @@ class Job:
     def _run(self, engine: Any) -> Any:
         if self._task is not None:
             return self._task()
-        return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        if not (self.restore_checkpoint and self.request.checkpoint):
+            return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        previous, setting = engine.current_checkpoint, engine.settings.sd_model_checkpoint
+        try:
+            return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        finally:
+            reselect_previous_model(engine, previous, setting)
+
+
+def reselect_previous_model(engine: Any, previous: Any, setting: str) -> None:
+    """After a job that ran on another model: select the one that was current before, as A1111 does
+    with `override_settings_restore_afterwards`. Runs on the worker, so the next job sees it. If no
+    model was loaded before, the job's model is unloaded unless it is the one the settings name. A
+    failure here is logged: the job's images are kept."""
+    try:
+        current = engine.current_checkpoint
+        if previous is not None:
+            if current is None or current.path != previous.path:
+                engine.select_checkpoint(previous.name)
+        elif current is not None and current.name != setting:
+            engine.unload()
+    except Exception:  # noqa: BLE001 - the job itself succeeded; the next job reloads as needed
+        log.exception("could not select %s again after the job", previous.name if previous else setting)
+    engine.update_settings(sd_model_checkpoint=setting)
 
 
 class JobQueue:
@@ -252,12 +277,16 @@ class JobQueue:
         self._worker.start()
 
     # ---- submitting -----------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, *, owner: str | None = None) -> Job:
-        """Queue a generation. A bad field raises `RequestError` (HTTP 422) now, not after the wait."""
+    def submit(self, request: GenerationRequest, *, owner: str | None = None,
+               restore_checkpoint: bool = False) -> Job:
+        """Queue a generation. A bad field raises `RequestError` (HTTP 422) now, not after the wait.
+
+        `request.checkpoint` switches the model for good (the UI's model picker), unless
+        `restore_checkpoint`: then the model current before the job is selected again afterwards."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
         validate_request(request)
-        return self._enqueue(Job(request, owner=owner))
+        return self._enqueue(Job(request, owner=owner, restore_checkpoint=restore_checkpoint))
 
     def submit_task(self, fn: Callable[[], Any], *, label: str, owner: str | None = None) -> Job:
         """Run `fn` on the worker thread (model loads go here so they never race a generation)."""
