@@ -52,6 +52,7 @@ class JobState:
     queued_at: float
     started_at: float | None
     finished_at: float | None
+    images: tuple[Any, ...] = ()  # PIL images finished so far (the final list is in `result`)
 
     @property
     def finished(self) -> bool:
@@ -108,6 +109,7 @@ class Job:
         self._status = QUEUED
         self._event: ProgressEvent | None = None
         self._preview: Any | None = None
+        self._images: list[Any] = []
         self._result: Result | None = None
         self._value: Any = None
         self._error: str | None = None
@@ -154,7 +156,7 @@ class Job:
             return JobState(
                 self.id, self.label, self.owner, self._status, step, total, index, count, fraction, eta,
                 self._preview, self._result, self._error, self._version,
-                self._queued_at, self._started_at, self._finished_at,
+                self._queued_at, self._started_at, self._finished_at, tuple(self._images),
             )
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -208,7 +210,9 @@ class Job:
 
     def _progress(self, event: ProgressEvent) -> None:
         with self._cond:
-            self._event = event
+            if event.total_steps:  # an images-only event keeps the step counts
+                self._event = event
+            self._images.extend(event.images)
             if event.preview is not None:
                 self._preview = event.preview
             self._version += 1

@@ -203,11 +203,15 @@ class FakeEngine:
                 break
             if cancel.skipped.is_set():
                 continue
+            batch = []
             for b in range(request.batch_size):
                 seed = base_seed + index * request.batch_size + b
-                images.append(self._image(seed, request))
+                batch.append(self._image(seed, request))
                 infotexts.append(fake_infotext(request, seed, info))
                 seeds.append(seed)
+            images.extend(batch)
+            if progress:
+                progress(ProgressEvent(0, 0, index, request.n_iter, images=tuple(batch)))
         return Result(tuple(images), tuple(infotexts), tuple(seeds), interrupted=cancel.interrupted.is_set())
 
     @staticmethod
