@@ -80,6 +80,7 @@ class FakeEngine:
         self._current: CheckpointInfo | None = None
         self._lock = threading.Lock()
         self.calls: list[GenerationRequest] = []
+        self.token_prompts: list[str] = []  # every token_count() call (the UI debounces them)
         self.threads: set[str] = set()
         self.on_generate: Callable[[GenerationRequest], None] | None = None
 
@@ -151,6 +152,7 @@ class FakeEngine:
         return self._network_list("embeddings")
 
     def token_count(self, prompt: str) -> tuple[int, int]:
+        self.token_prompts.append(prompt)
         count = rough_token_count(prompt)
         return count, max(75, -(-count // 75) * 75)
 
