@@ -319,7 +319,10 @@ def generate(
                 samples = stop.args[0]
                 interrupted = True
             decoded = vae.decode(samples, tile_latent=max(settings.vae_tile_size // 8, 32))
-            for j, picture in enumerate(tensor_to_pil(decoded)):
+            pictures = tensor_to_pil(decoded)
+            if progress is not None and not interrupted:  # (interrupted: the Result follows at once)
+                progress(ProgressEvent(0, 0, it, request.n_iter, images=tuple(pictures)))
+            for j, picture in enumerate(pictures):
                 index = it * request.batch_size + j
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
                                  first, settings, nets.infotext_params())

@@ -110,6 +110,9 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
             checkpoint = ctx.engine.find_checkpoint(wanted).name
         except FileNotFoundError as exc:
             raise RequestError("override_settings", f"sd_model_checkpoint: {exc}") from None
+    if overrides and not body.override_settings_restore_afterwards:
+        notes.append("override_settings_restore_afterwards=false keeps only sd_model_checkpoint; "
+                     f"{', '.join(overrides)} applied to this job only")
     prompt, negative = body.prompt, body.negative_prompt
     if body.styles:
         prompt, negative = ctx.styles.apply(list(body.styles), prompt, negative)
@@ -139,7 +142,8 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
     request = GenerationRequest(**values)
     names = getattr(ctx.engine, "hr_upscaler_names", None)
     validate_request(request, upscalers=names() if names else None)
-    return request, JobMeta(echo(body), notes)
+    restore = checkpoint is not None and body.override_settings_restore_afterwards
+    return request, JobMeta(echo(body), notes, restore_checkpoint=restore)
 
 
 def _img2img_values(body: Any) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A1111's listing and settings routes: options, models, samplers, schedulers, styles, memory, flags.
 
-Lists are read live from the model folders, so the refresh-* routes have nothing to rebuild. Model
+Checkpoint and VAE lists are read live from the folders, so their refresh routes have nothing to rebuild
+(LoRA/embedding routes: routes_networks.py). Model
 loads and unloads are queued on the worker so they never race a running generation.
 """
 from __future__ import annotations
@@ -221,15 +222,6 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     async def memory_route() -> dict[str, Any]:
         return await ctx.run(memory)
 
-    @router.get("/loras")
-    async def loras() -> list[Any]:
-        """Empty until LoRA support lands."""
-        return []
-
-    @router.get("/embeddings")
-    async def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
-
     @router.get("/scripts")
     async def scripts() -> dict[str, list[str]]:
         return {"txt2img": [], "img2img": []}
@@ -237,7 +229,7 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     for path in ("/extensions", "/script-info", "/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules"):
         router.add_api_route(path, _empty_list, methods=["GET"], summary=f"{path[1:]} (none in Palette yet)")
 
-    for path in ("/refresh-checkpoints", "/refresh-vae", "/refresh-loras", "/refresh-embeddings"):
+    for path in ("/refresh-checkpoints", "/refresh-vae"):  # LoRA/embedding refresh: routes_networks
         router.add_api_route(path, _nothing, methods=["POST"],
                              summary=f"{path[1:]}: lists are read from disk on every call")
 
