@@ -63,6 +63,12 @@ class ModelBundle:
     plan: DevicePlan
     report: LoadReport
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # One patcher per text encoder (same order as `text.units`), so LoRAs patch them like the UNet.
+    text_patchers: tuple[ModelPatcher, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.text_patchers:
+            self.text_patchers = tuple(ModelPatcher(unit.model) for unit in self.text.units)
 
     @property
     def family(self):  # noqa: ANN201 - Family, kept short
@@ -70,7 +76,8 @@ class ModelBundle:
 
     def with_unet(self, unet: ModelPatcher) -> "ModelBundle":
         """A shallow copy using another (patched clone of the) UNet."""
-        return ModelBundle(self.path, self.detection, unet, self.text, self.vae, self.plan, self.report, self.metadata)
+        return ModelBundle(self.path, self.detection, unet, self.text, self.vae, self.plan, self.report, self.metadata,
+                           self.text_patchers)
 
 
 def _is_ignored(key: str) -> bool:

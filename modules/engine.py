@@ -20,9 +20,11 @@ from modules import config as config_mod
 from modules.checkpoints import ModelBundle, ema_only_view, load_checkpoint
 from modules.detection import detect
 from modules.devices import DevicePlan, plan_devices
+from modules.networks import NetworkRegistry
 from modules.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
-from modules.types import GenerationRequest, ProgressEvent, Result
-from modules.weights_io import file_sha256, open_weights, stat_key
+from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
+from modules.upscalers import UpscalerInfo, UpscalerRegistry
+from modules.weights_io import SafetensorsFile, file_sha256, open_weights, stat_key
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +77,17 @@ class HashCache:
             except (ValueError, OSError):
                 self._data = {}
 
-    def sha256(self, file: Path, *, compute: bool = True) -> str | None:
+    def sha256(self, file: Path, *, compute: bool = True, addnet: bool = False) -> str | None:
+        """`addnet`: A1111's LoRA hash, the sha256 of a safetensors file's data after its header."""
         key, size, mtime = stat_key(file)
+        key = key + "#addnet" if addnet else key
         with self._lock:
             entry = self._data.get(key)
             if entry and entry.get("size") == size and entry.get("mtime") == mtime:
                 return entry["sha256"]
         if not compute:
             return None
-        digest = file_sha256(file)
+        digest = SafetensorsFile(file).payload_sha256() if addnet else file_sha256(file)
         with self._lock:
             self._data[key] = {"size": size, "mtime": mtime, "sha256": digest}
             if self.path:
@@ -115,6 +119,9 @@ class Engine:
         self._cache: OrderedDict[Path, ModelBundle] = OrderedDict()
         self._current: Path | None = None
         self._vaes: dict[tuple[Path, float], object] = {}
+        self.networks = NetworkRegistry(paths, self.hashes)
+        self.upscalers = UpscalerRegistry(paths, device=self.plan.device, dtype=self.plan.unet_dtype,
+                                          settings=lambda: self.settings)
 
     # ---- settings -------------------------------------------------------------------------------
     def update_settings(self, **changes) -> config_mod.Settings:
@@ -169,6 +176,37 @@ class Engine:
                 self._vaes[key] = load_vae_file(path, self.plan, scaling=bundle.family.vae_scaling,
                                                 shift=bundle.family.vae_shift)
             return self._vaes[key], path
+
+    # ---- extra networks (LoRA, textual inversion) -------------------------------------------------
+    def list_loras(self) -> list[NetworkEntry]:
+        return self.networks.list_loras()
+
+    def list_embeddings(self) -> list[NetworkEntry]:
+        return self.networks.list_embeddings()
+
+    def refresh_networks(self) -> None:
+        self.networks.refresh()
+
+    def token_count(self, prompt: str, *, steps: int = 20, is_positive: bool = True) -> tuple[int, int]:
+        """A1111's "N/75" counter for a prompt; uses the loaded model's encoders if one is loaded
+        (never loads one), counting embedding names as their vectors."""
+        from modules.networks import token_count
+
+        current = self._current  # no lock: the counter must not wait for a model load
+        bundle = self._cache.get(current) if current is not None else None
+        return token_count(self.networks, bundle.text if bundle is not None else None, prompt, steps=steps,
+                           is_positive=is_positive, comma_padding_backtrack=self.settings.comma_padding_backtrack)
+
+    # ---- upscalers --------------------------------------------------------------------------------
+    def list_upscalers(self) -> list[UpscalerInfo]:
+        """PIL upscalers and the model files in the upscaler folders, under A1111's names."""
+        return self.upscalers.list()
+
+    def hr_upscaler_names(self) -> list[str]:
+        """Every name `hr_upscaler` accepts: the Latent modes, then the list above."""
+        from modules.validation import LATENT_UPSCALE_MODES
+
+        return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
 
     def model_hash(self, path: Path) -> str:
         return (self.hashes.sha256(path) or "")[:10]
@@ -249,9 +287,11 @@ class Engine:
     ) -> Result:
         """Run one job on the worker thread. Settings are frozen for the job (with its overrides)."""
         from modules import pipeline
+        from modules.networks import check_request
         from modules.validation import validate_request
 
-        validate_request(request)  # before any model is loaded
+        validate_request(request, upscalers=self.hr_upscaler_names())  # before any model is loaded
+        check_request(self.networks, request)  # unknown LoRA names too
         settings = self.settings.with_overrides(request.override_settings) if request.override_settings else self.settings
         if request.checkpoint:
             bundle = self.select_checkpoint(request.checkpoint)

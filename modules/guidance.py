@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from modules.conditioning import EncodedPlan, stack_cross_attn
+from modules.sampling.denoiser import cfg_combine
 from modules.types import Conditioning
 
 
@@ -120,9 +121,7 @@ class GuidedDenoiser:
             else:
                 out = self.network(cond_x, cond_sigma, ctx_c, y_c)
                 uncond = self.network(x, sigma, ctx_u, y_u)
-            denoised = uncond.clone()
-            for row, (i, _c, w) in enumerate(cond_rows):
-                denoised[i] += (out[row] - uncond[i]) * (w * self.cfg_scale)
+            denoised = cfg_combine(uncond, out, [i for i, _, _ in cond_rows], [w for _, _, w in cond_rows], self.cfg_scale)
         self.last_uncond = uncond
         for hook in self.post_cfg:
             denoised = hook(denoised, x, sigma)

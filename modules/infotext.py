@@ -24,6 +24,9 @@ from PIL import Image, PngImagePlugin
 from modules.types import GenerationRequest
 
 DEFAULT_VERSION = "Palette 0.1"
+# Palette's own key (A1111 ignores keys it does not know): the dtypes and device the image was made
+# with, which change its pixels slightly (A1111 records only "FP8 weight").
+PRECISION_KEY = "Palette precision"
 
 # A1111's fixed keys, in create_infotext's order; everything else follows in insertion order.
 FIXED_KEYS = (
@@ -195,12 +198,13 @@ def params_for(
     emphasis = r.override_settings.get("emphasis")
     if emphasis is not None and emphasis != "Original" and "Emphasis" not in p:
         p["Emphasis"] = emphasis
-    if r.eta is not None:
+    if r.eta is not None and "Eta" not in p and "Eta DDIM" not in p:  # `extra` knows the sampler's key
         p["Eta"] = r.eta
     p["Sigma churn"] = r.s_churn if r.s_churn != 0 else None
     p["Sigma tmin"] = r.s_tmin if r.s_tmin != 0 else None
     p["Sigma tmax"] = r.s_tmax if r.s_tmax not in (0, math.inf) else None
-    p["Sigma noise"] = r.s_noise if r.s_noise != 1.0 else None
+    if p.get("Sigma noise") is None:
+        p["Sigma noise"] = r.s_noise if r.s_noise != 1.0 else None
     if r.is_img2img and r.initial_noise_multiplier != 1.0:
         p["Noise multiplier"] = r.initial_noise_multiplier
     for key in TRAILING_KEYS:  # always last, as in A1111
@@ -209,6 +213,14 @@ def params_for(
     if p["Version"] is None:
         p["Version"] = version
     return {k: v for k, v in p.items() if v is not None}
+
+
+def precision_value(plan: Any) -> str:
+    """The `PRECISION_KEY` value for a DevicePlan-like object: "unet fp16 / text fp16 / vae bf16 / cuda"."""
+    short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    name = lambda dtype: short.get(str(dtype).replace("torch.", ""), str(dtype).replace("torch.", ""))  # noqa: E731
+    return (f"unet {name(plan.unet_dtype)} / text {name(plan.text_dtype)} / vae {name(plan.vae_dtype)} / "
+            f"{getattr(plan.device, 'type', plan.device)}")
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -409,8 +421,8 @@ def request_from_params(params: Mapping[str, Any], base: GenerationRequest | Non
         c["checkpoint"] = g("Model hash")
     if "VAE" in params:
         c["vae"] = g("VAE")
-    if "Eta" in params:
-        c["eta"] = _float(g("Eta"))
+    if "Eta" in params or "Eta DDIM" in params:  # A1111: "Eta DDIM" for DDIM/PLMS/UniPC, else "Eta"
+        c["eta"] = _float(g("Eta") if "Eta" in params else g("Eta DDIM"))
     for key, name in (("Sigma churn", "s_churn"), ("Sigma tmin", "s_tmin"), ("Sigma tmax", "s_tmax"),
                       ("Sigma noise", "s_noise")):
         if key in params:

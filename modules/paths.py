@@ -82,10 +82,13 @@ class ModelPaths:
         return self.models_dir / FOLDERS[kind]
 
     def folders(self, kind: str) -> list[Path]:
-        """All folders searched for a kind; embeddings also at `<root>/embeddings` as A1111 does."""
+        """All folders searched for a kind; embeddings also at `<root>/embeddings` and LoRAs also in
+        `models/LyCORIS`, as A1111 does."""
         found = [self.folder(kind)]
         if kind == "embeddings" and "embeddings" not in self.overrides:
             found.append(self.root / "embeddings")
+        if kind == "lora":
+            found.append(self.models_dir / "LyCORIS")
         return [p for i, p in enumerate(found) if p not in found[:i]]
 
     def list_files(self, kind: str, extensions: tuple[str, ...]) -> list[Path]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules import infotext, inpaint, outputs
+from modules import infotext, inpaint, networks, outputs
 from modules.checkpoints import ModelBundle
 from modules.conditioning import EncodedPlan, EncodeOptions, encode_prompts
 from modules.config import Settings
@@ -27,7 +27,10 @@ from modules.guidance import GuidedDenoiser, NetworkAdapter
 from modules.prompts import parse_extra_networks_batch
 from modules.sampling import noise as noise_mod
 from modules.sampling.denoiser import DiscreteSchedule
-from modules.sampling.samplers import SamplerInfo, resolve_sampler_name, resolve_scheduler, sigmas_for
+from modules.sampling.samplers import (
+    SamplerInfo, img2img_sigmas, infotext_fields, plan_kwargs, resolve_sampler_name, resolve_scheduler, sampler_table,
+    sigmas_for,
+)
 from modules.text_encoding import AdmParams
 from modules.types import GenerationRequest, ProgressEvent, Result
 from modules.validation import LATENT_UPSCALE_MODES, RequestError, validate_request
@@ -54,6 +57,8 @@ class PassPlan:
     steps: int  # the steps the user asked for (infotext)
     sigmas: torch.Tensor  # the part of the schedule this pass runs, ending in 0
     full_sigmas: torch.Tensor | None = None  # the whole schedule it was cut from
+    table: DiscreteSchedule | None = None  # the noise table the pass samples on (LCM: its own)
+    img2img: bool = False  # the start latent is a noised image (img2img, hires)
 
 
 def resolve_sampler(name: str, scheduler: str | None) -> tuple[SamplerInfo, str]:
@@ -70,11 +75,12 @@ def plan_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, s
     """txt2img: the whole schedule. img2img (A1111, without "img2img_fix_steps"): the tail of the
     `steps`-step schedule that starts int(denoise·steps) steps before the end."""
     info, label = resolve_sampler(sampler, scheduler)
-    sigmas = sigmas_for(info, label, schedule, steps)
+    table = sampler_table(info, schedule)
+    sigmas = sigmas_for(info, label, table, steps)
     if denoise is None:
-        return PassPlan(info, label, steps, sigmas, sigmas)
+        return PassPlan(info, label, steps, sigmas, sigmas, table)
     t_enc = int(min(denoise, 0.999) * steps)
-    return PassPlan(info, label, steps, sigmas[steps - t_enc - 1:], sigmas)
+    return PassPlan(info, label, steps, img2img_sigmas(info, sigmas, steps, t_enc), sigmas, table, True)
 
 
 def plan_hires_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, steps: int,
@@ -83,8 +89,9 @@ def plan_hires_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | N
     info, label = resolve_sampler(sampler, scheduler)
     total = max(int(steps / min(denoise, 0.999)), steps) if denoise > 0 else steps
     t_enc = steps - 1
-    sigmas = sigmas_for(info, label, schedule, total)
-    return PassPlan(info, label, steps, sigmas[total - t_enc - 1:], sigmas)
+    table = sampler_table(info, schedule)
+    sigmas = sigmas_for(info, label, table, total)
+    return PassPlan(info, label, steps, img2img_sigmas(info, sigmas, total, t_enc), sigmas, table, True)
 
 
 # ---- images ------------------------------------------------------------------------------------------
@@ -184,13 +191,15 @@ class _Run:
         self.job_count = request.n_iter
         self.first_pass_calls = 0
         self.vae = bundle.vae
+        self.networks: Any = None  # networks.JobNetworks of the job
         self.started = time.monotonic()
         self.masking: inpaint.Batch | None = None  # inpaint: c_concat and the per-step latent mask
 
     def sample(self, plan: PassPlan, x: torch.Tensor, positive: EncodedPlan, negative: EncodedPlan,
                seeds: list[int], rng: Any, first_pass: bool) -> torch.Tensor:
+        table = plan.table if plan.table is not None else self.schedule
         network = NetworkAdapter(
-            self.bundle.unet.model, self.schedule.sigma_to_t, self.bundle.detection.prediction,
+            self.bundle.unet.model, table.sigma_to_t, self.bundle.detection.prediction,
             dtype=self.bundle.plan.unet_dtype, device=self.bundle.plan.device,
             extra_channels=self.masking.image_cond(x) if self.masking is not None else None,
         )
@@ -213,7 +222,8 @@ class _Run:
             if self.cancel.skipped.is_set():
                 raise _Skipped()
 
-        kwargs = sampler_kwargs(plan.sampler, self.request, self.settings)
+        kwargs = {**sampler_kwargs(plan.sampler, self.request, self.settings),
+                  **plan_kwargs(plan.sampler, table, img2img=plan.img2img)}
         # A1111 sizes the Brownian tree on the full schedule, also for img2img's tail
         noise_sampler = rng.noise_sampler(plan.sampler, x, plan.sigmas, seeds, tree_sigmas=plan.full_sigmas)
         return plan.sampler.fn(denoiser, x, plan.sigmas, extra_args={}, callback=callback,
@@ -245,32 +255,34 @@ def generate(
     cancel: Any,
 ) -> Result:
     """Run a txt2img / img2img (+ hires fix) job; see the module docstring."""
-    validate_request(request)
+    validate_request(request, upscalers=engine.hr_upscaler_names() if engine is not None else None)
     if bundle.detection.variant not in ("", "inpaint"):
         raise RequestError("checkpoint", f"{bundle.detection.label} checkpoints are not supported yet; "
                                          "use a normal or an inpainting checkpoint")
-    prompts_clean, networks = parse_extra_networks_batch([request.prompt])
-    if networks:
-        kinds = ", ".join(f"<{k}:…>" for k in networks)
-        raise RequestError("prompt", f"{kinds} tags are not supported yet (LoRA support is planned); remove them")
+    prompts_clean, _ = parse_extra_networks_batch([request.prompt])
+    nets = networks.prepare_job(getattr(engine, "networks", None), bundle, request)  # LoRAs, embeddings
+    bundle = nets.bundle
     prompt = prompts_clean[0]
     negative = request.negative_prompt
     all_seeds, all_subseeds = _seeds(request)
     vae, vae_path = engine.vae_for(bundle, request.vae or settings.sd_vae) if engine is not None else (bundle.vae, None)
     run = _Run(bundle, settings, request, progress, cancel)
     run.vae = vae
+    run.networks = nets
     options = EncodeOptions(
         clip_skip=request.clip_skip if request.clip_skip != 1 else settings.CLIP_stop_at_last_layers,
         emphasis=settings.emphasis,
         comma_padding_backtrack=settings.comma_padding_backtrack,
+        embeddings=nets.embeddings,
         adm=_adm(bundle, request.width, request.height),
     )
     first = plan_pass(run.schedule, request.sampler_name, request.scheduler, request.steps,
                       request.denoising_strength if request.is_img2img else None)
     calls = (len(first.sigmas) - 1) * (2 if first.sampler.second_order else 1)
     run.first_pass_calls = calls
-    pos = encode_prompts(bundle.text, [prompt], calls, options)
-    neg = encode_prompts(bundle.text, [negative], calls, options, negative=True)
+    with nets.text_applied():
+        pos = encode_prompts(bundle.text, [prompt], calls, options)
+        neg = encode_prompts(bundle.text, [negative], calls, options, negative=True)
 
     masked = inpaint.prepare(request, vae, mask_weight=settings.inpainting_mask_weight,
                              concat=bundle.detection.variant == "inpaint")
@@ -310,7 +322,7 @@ def generate(
                     x = base + noise * (first.sigmas[0] * request.initial_noise_multiplier)
                 samples = run.sample(first, x, pos, neg, seeds, rng, True)
                 if request.enable_hr and not request.is_img2img:
-                    samples = _hires(run, bundle, request, samples, seeds, subseeds, options)
+                    samples = _hires(run, bundle, request, samples, seeds, subseeds, options, engine)
             except _Skipped:
                 continue
             except _Interrupted as stop:
@@ -319,12 +331,16 @@ def generate(
             if part is not None:
                 samples = part.final(samples)
             decoded = vae.decode(samples, tile_latent=max(settings.vae_tile_size // 8, 32))
-            for j, picture in enumerate(tensor_to_pil(decoded)):
+            pictures = tensor_to_pil(decoded)
+            if progress is not None and not interrupted:  # (interrupted: the Result follows at once)
+                progress(ProgressEvent(0, 0, it, request.n_iter, images=tuple(pictures)))
+            for j, picture in enumerate(pictures):
                 index = it * request.batch_size + j
                 if part is not None:
                     picture = part.finish(picture, j)
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
-                                 first.scheduler, masked.infotext if masked is not None else None)
+                                 first, settings,
+                                 {**nets.infotext_params(), **(masked.infotext if masked is not None else {})})
                 images.append(picture)
                 infotexts.append(text)
                 seeds_out.append(all_seeds[index])
@@ -349,22 +365,23 @@ def generate(
         "scheduler": first.scheduler, "cfg_scale": request.cfg_scale, "steps": request.steps,
         "width": request.width, "height": request.height, "model_family": bundle.detection.label,
         "is_using_inpainting_conditioning": bundle.detection.variant == "inpaint",
-        "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path,
+        "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path, **nets.info(),
     }
     return Result(tuple(images), tuple(infotexts), tuple(seeds_out), tuple(subseeds_out),
                   tuple([request.prompt] * len(images)), tuple([negative] * len(images)), info, tuple(paths), interrupted)
 
 
 def _hires(run: _Run, bundle: ModelBundle, request: GenerationRequest, samples: torch.Tensor,
-           seeds: list[int], subseeds: list[int], options: EncodeOptions) -> torch.Tensor:
+           seeds: list[int], subseeds: list[int], options: EncodeOptions, engine: Any = None) -> torch.Tensor:
     """Hires fix: upscale the first pass (in latent space or through pixels), then an img2img pass."""
     width, height = _hires_size(request)
     if request.hr_upscaler in LATENT_UPSCALE_MODES:
         latents = upscale_latents(samples, request.hr_upscaler, height, width)
     else:
+        from modules.upscalers import resize_for_hires
+
         pixels = tensor_to_pil(run.vae.decode(samples))
-        resample = {"Nearest": Image.NEAREST, "Bicubic": Image.BICUBIC}.get(request.hr_upscaler, Image.LANCZOS)
-        latents = run.vae.encode(pil_to_tensor([p.resize((width, height), resample) for p in pixels]))
+        latents = run.vae.encode(pil_to_tensor(resize_for_hires(engine, pixels, request.hr_upscaler, width, height)))
     steps = request.hr_second_pass_steps or request.steps
     same = ("", None, "Use same sampler", "Use same scheduler")
     plan = plan_hires_pass(run.schedule,
@@ -374,27 +391,38 @@ def _hires(run: _Run, bundle: ModelBundle, request: GenerationRequest, samples: 
     calls = (len(plan.sigmas) - 1) * (2 if plan.sampler.second_order else 1)
     hr_options = EncodeOptions(options.clip_skip, options.emphasis, options.comma_padding_backtrack,
                                options.embeddings, _adm(bundle, width, height))
-    hr_prompt = request.hr_prompt or parse_extra_networks_batch([request.prompt])[0][0]
+    hr_prompt = parse_extra_networks_batch([request.hr_prompt or request.prompt])[0][0]
     hr_negative = request.hr_negative_prompt or request.negative_prompt
+    nets = run.networks.for_hires  # the hires prompt's own LoRAs, if it names others
     # A1111 schedules hires prompt edits against both passes: first-pass steps, then hires steps
-    pos = encode_prompts(bundle.text, [hr_prompt], run.first_pass_calls, hr_options, hires_steps=calls)
-    neg = encode_prompts(bundle.text, [hr_negative], run.first_pass_calls, hr_options, negative=True, hires_steps=calls)
+    with nets.text_applied():
+        pos = encode_prompts(bundle.text, [hr_prompt], run.first_pass_calls, hr_options, hires_steps=calls)
+        neg = encode_prompts(bundle.text, [hr_negative], run.first_pass_calls, hr_options, negative=True, hires_steps=calls)
     rng = noise_mod.ImageRNG((latents.shape[1], height // 8, width // 8), seeds, subseeds=subseeds,
                              subseed_strength=request.subseed_strength,
                              seed_resize_from=(request.seed_resize_from_h, request.seed_resize_from_w))
     x = latents + rng.first() * plan.sigmas[0]
-    return run.sample(plan, x, pos, neg, seeds, rng, False)
+    if nets is run.networks:
+        return run.sample(plan, x, pos, neg, seeds, rng, False)
+    nets.bundle.unet.patch_model()  # swaps the first pass's LoRA patches for the hires prompt's
+    try:
+        return run.sample(plan, x, pos, neg, seeds, rng, False)
+    finally:
+        bundle.unet.patch_model()
 
 
 def _model_hash(engine: Any, bundle: ModelBundle) -> str:
     return engine.model_hash(bundle.path) if engine is not None else ""
 
 
-def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, scheduler, more=None) -> str:  # noqa: ANN001
+def _infotext(engine, bundle, checkpoint, request, seed, subseed, vae_path, plan, settings,  # noqa: ANN001
+              networks_extra=None) -> str:
     # A1111 writes the schedule it resolved ("DPM++ 2M" + Automatic → Karras)
-    extra = {"Schedule type": scheduler} if scheduler != "Automatic" else None
-    if more:
-        extra = {**(extra or {}), **more}
+    extra = {"Schedule type": plan.scheduler} if plan.scheduler != "Automatic" else {}
+    # and what else reproduces the image: the sampler options in effect, the precision, the networks
+    extra.update(infotext_fields(plan.sampler, sampler_kwargs(plan.sampler, request, settings)))
+    extra[infotext.PRECISION_KEY] = infotext.precision_value(bundle.plan)
+    extra.update(networks_extra or {})
     params = infotext.params_for(
         request,
         seed=seed,

@@ -52,6 +52,7 @@ class JobState:
     queued_at: float
     started_at: float | None
     finished_at: float | None
+    images: tuple[Any, ...] = ()  # PIL images finished so far (the final list is in `result`)
 
     @property
     def finished(self) -> bool:
@@ -95,10 +96,12 @@ class Job:
         owner: str | None = None,
         task: Callable[[], Any] | None = None,
         label: str = "",
+        restore_checkpoint: bool = False,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.request = request  # frozen dataclass: nobody can change it after submit
         self.owner = owner
+        self.restore_checkpoint = restore_checkpoint  # A1111's override_settings_restore_afterwards
         self.label = label or (request.prompt[:80] if request else "task")
         self.token = CancelToken()
         self._task = task
@@ -106,6 +109,7 @@ class Job:
         self._status = QUEUED
         self._event: ProgressEvent | None = None
         self._preview: Any | None = None
+        self._images: list[Any] = []
         self._result: Result | None = None
         self._value: Any = None
         self._error: str | None = None
@@ -152,7 +156,7 @@ class Job:
             return JobState(
                 self.id, self.label, self.owner, self._status, step, total, index, count, fraction, eta,
                 self._preview, self._result, self._error, self._version,
-                self._queued_at, self._started_at, self._finished_at,
+                self._queued_at, self._started_at, self._finished_at, tuple(self._images),
             )
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -206,7 +210,9 @@ class Job:
 
     def _progress(self, event: ProgressEvent) -> None:
         with self._cond:
-            self._event = event
+            if event.total_steps:  # an images-only event keeps the step counts
+                self._event = event
+            self._images.extend(event.images)
             if event.preview is not None:
                 self._preview = event.preview
             self._version += 1
@@ -234,7 +240,30 @@ class Job:
     def _run(self, engine: Any) -> Any:
         if self._task is not None:
             return self._task()
-        return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        if not (self.restore_checkpoint and self.request.checkpoint):
+            return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        previous, setting = engine.current_checkpoint, engine.settings.sd_model_checkpoint
+        try:
+            return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        finally:
+            reselect_previous_model(engine, previous, setting)
+
+
+def reselect_previous_model(engine: Any, previous: Any, setting: str) -> None:
+    """After a job that ran on another model: select the one that was current before, as A1111 does
+    with `override_settings_restore_afterwards`. Runs on the worker, so the next job sees it. If no
+    model was loaded before, the job's model is unloaded unless it is the one the settings name. A
+    failure here is logged: the job's images are kept."""
+    try:
+        current = engine.current_checkpoint
+        if previous is not None:
+            if current is None or current.path != previous.path:
+                engine.select_checkpoint(previous.name)
+        elif current is not None and current.name != setting:
+            engine.unload()
+    except Exception:  # noqa: BLE001 - the job itself succeeded; the next job reloads as needed
+        log.exception("could not select %s again after the job", previous.name if previous else setting)
+    engine.update_settings(sd_model_checkpoint=setting)
 
 
 class JobQueue:
@@ -252,12 +281,17 @@ class JobQueue:
         self._worker.start()
 
     # ---- submitting -----------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, *, owner: str | None = None) -> Job:
-        """Queue a generation. A bad field raises `RequestError` (HTTP 422) now, not after the wait."""
+    def submit(self, request: GenerationRequest, *, owner: str | None = None,
+               restore_checkpoint: bool = False) -> Job:
+        """Queue a generation. A bad field raises `RequestError` (HTTP 422) now, not after the wait.
+
+        `request.checkpoint` switches the model for good (the UI's model picker), unless
+        `restore_checkpoint`: then the model current before the job is selected again afterwards."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
-        validate_request(request)
-        return self._enqueue(Job(request, owner=owner))
+        names = getattr(self.engine, "hr_upscaler_names", None)
+        validate_request(request, upscalers=names() if names else None)
+        return self._enqueue(Job(request, owner=owner, restore_checkpoint=restore_checkpoint))
 
     def submit_task(self, fn: Callable[[], Any], *, label: str, owner: str | None = None) -> Job:
         """Run `fn` on the worker thread (model loads go here so they never race a generation)."""

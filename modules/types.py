@@ -132,7 +132,9 @@ class Conditioning:
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """Sent by the sampler loop after every step."""
+    """Sent by the sampler loop after every step, and once per decoded batch with its `images` (then
+    `step` and `total_steps` are 0: that event says nothing about steps), so the UI shows each
+    image as it finishes."""
 
     step: int
     total_steps: int
@@ -140,6 +142,7 @@ class ProgressEvent:
     job_count: int = 1
     latent: torch.Tensor | None = None
     preview: Any | None = None  # PIL image, when a preview was made this step
+    images: tuple[Any, ...] = ()  # PIL images finished since the previous event
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Collection
 
 from modules.types import RESIZE_MODES, GenerationRequest
 
@@ -56,8 +57,11 @@ def _side(name: str, value: int) -> None:
         raise RequestError(name, f"must be a multiple of 8, got {value} (try {value // 8 * 8 or 8})")
 
 
-def validate_request(request: GenerationRequest) -> None:
-    """Raise RequestError for the first bad field. Sampler and schedule names are resolved here too."""
+def validate_request(request: GenerationRequest, *, upscalers: Collection[str] | None = None) -> None:
+    """Raise RequestError for the first bad field. Sampler and schedule names are resolved here too.
+
+    `upscalers`: every name `hr_upscaler` may take (the engine's `hr_upscaler_names()`: Latent modes,
+    PIL filters and model files); None means the built-in ones only."""
     from modules.sampling.samplers import resolve_sampler_name
     from modules.sampling.schedules import SCHEDULES
 
@@ -109,8 +113,6 @@ def validate_request(request: GenerationRequest) -> None:
             value = getattr(request, name)
             if value:
                 _side(name, value)
-        if request.hr_upscaler not in LATENT_UPSCALE_MODES + PIXEL_UPSCALERS:
-            raise RequestError(
-                "hr_upscaler",
-                f"unknown upscaler {request.hr_upscaler!r}; known: {', '.join(LATENT_UPSCALE_MODES + PIXEL_UPSCALERS)}",
-            )
+        known = tuple(upscalers) if upscalers is not None else LATENT_UPSCALE_MODES + PIXEL_UPSCALERS
+        if request.hr_upscaler not in known:
+            raise RequestError("hr_upscaler", f"unknown upscaler {request.hr_upscaler!r}; known: {', '.join(known)}")

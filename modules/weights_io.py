@@ -222,6 +222,12 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
 
 def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
     """Load a pickled checkpoint with `weights_only=True`: code-executing pickles are refused."""
+    return _unwrap(load_pickle_object(path), Path(path))
+
+
+def load_pickle_object(path: Path) -> object:
+    """The unpickled object itself (tensors and plain containers only, `weights_only=True`), for files
+    that are not a flat state dict, e.g. textual-inversion `.pt` files (`{"string_to_param": …}`)."""
     path = Path(path)
     try:
         try:
@@ -246,7 +252,7 @@ def load_pickle_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
     except Exception as exc:  # noqa: BLE001 - garbage bytes make the unpickler fail in many ways
         raise WeightFileError(f"{path.name}: not a readable PyTorch weights file ({type(exc).__name__}: {exc})") from exc
-    return _unwrap(obj, path)
+    return obj
 
 
 def open_weights(path: Path) -> Mapping[str, LazyTensor] | dict[str, torch.Tensor]:

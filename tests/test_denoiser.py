@@ -9,7 +9,7 @@ import torch
 
 from modules.sampling.denoiser import (
     CFGDenoiser, CondBatch, CondMismatch, DenoiserHooks, DiscreteSchedule, EpsDenoiser, LCMSchedule, VDenoiser,
-    make_denoiser, to_d,
+    cfg_combine, make_denoiser, to_d,
 )
 
 SCHEDULE = DiscreteSchedule.sd_default()
@@ -263,3 +263,15 @@ def test_cond_batch_helpers():
         CondBatch({"c": torch.zeros(1, 3), "y": torch.zeros(2, 3)})
     with pytest.raises(ValueError, match="expected 1 or 3"):
         b.repeat_to(3)
+
+
+def test_cfg_combine_is_a1111s_combine_denoised():
+    """Image i: uncond[i] + sum over its cond rows of w * cfg * (cond_row - uncond[i]); images may have
+    different numbers of AND terms (rows 0, 1 → image 0; row 2 → image 1)."""
+    uncond = torch.tensor([[1.0], [2.0]])
+    conds = torch.tensor([[3.0], [5.0], [4.0]])
+    out = cfg_combine(uncond, conds, [0, 0, 1], [0.5, 1.0, 1.0], 2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0 + 0.5 * 2 * 2 + 1.0 * 2 * 4], [2.0 + 2 * 2]]))
+    torch.testing.assert_close(uncond, torch.tensor([[1.0], [2.0]]))  # inputs untouched
+    with pytest.raises(ValueError, match="cond rows"):
+        cfg_combine(uncond, conds, [0, 1], [1.0, 1.0], 2.0)

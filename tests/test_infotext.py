@@ -327,3 +327,24 @@ def test_embed_in_png_keeps_existing_chunks(tmp_path):
 ])
 def test_decode_user_comment(data, text):
     assert infotext.decode_user_comment(data) == text
+
+
+def test_sampler_options_and_precision_keys():
+    from modules.devices import DevicePlan
+    import torch
+
+    r = GenerationRequest(prompt="p", sampler_name="DDIM", eta=0.3, s_noise=1.0)
+    p = infotext.params_for(r, seed=1, extra={"Eta DDIM": 0.3, "Sigma noise": 0.95,
+                                              infotext.PRECISION_KEY: "unet fp16 / text fp16 / vae bf16 / cuda"})
+    assert p["Eta DDIM"] == 0.3 and "Eta" not in p and p["Sigma noise"] == 0.95  # extra wins over the request
+    text = infotext.build(p, "p")
+    assert "Palette precision: unet fp16 / text fp16 / vae bf16 / cuda" in text and "RNG: CPU" in text
+    parsed = infotext.parse(text)
+    assert parsed["Palette precision"] == "unet fp16 / text fp16 / vae bf16 / cuda"
+    back = infotext.request_from_params(parsed)
+    assert back.eta == 0.3 and back.s_noise == 0.95 and back.sampler_name == "DDIM"
+    plan = DevicePlan(torch.device("cuda"), torch.float16, torch.float16, torch.bfloat16)
+    assert infotext.precision_value(plan) == "unet fp16 / text fp16 / vae bf16 / cuda"
+    # an A1111 DDIM infotext with its own key
+    a1111 = "a cat\nSteps: 20, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 512x512, Eta DDIM: 0.5"
+    assert infotext.request_from_infotext(a1111).eta == 0.5

@@ -119,6 +119,6 @@ def test_interrupt_keeps_the_image_made_so_far(engine):
     assert res.interrupted and len(res.images) == 1 and seen == [1, 2]
 
 
-def test_lora_tags_are_refused_until_supported(engine):
-    with pytest.raises(RequestError, match="prompt: <lora:…> tags are not supported yet"):
+def test_unknown_lora_is_a_named_request_error(engine):
+    with pytest.raises(RequestError, match="prompt: unknown LoRA 'foo'; no LoRA files found in"):
         engine.generate(_req(checkpoint="tiny-sd1.safetensors", prompt="a cat <lora:foo:0.8>"))

@@ -135,14 +135,26 @@ def test_infotext_without_negative_or_hires():
     assert "init_images" not in values
 
 
-def test_token_counter_grows_by_chunks():
-    engine = object()
-    assert bindings.token_count(engine, "") == (0, 75)
-    count, limit = bindings.token_count(engine, "a photo of a cat <lora:x:0.5>, (detailed:1.3)")
-    assert 0 < count < 20 and limit == 75
-    long = ", ".join(f"word{i}" for i in range(60))
-    count, limit = bindings.token_count(engine, long)
-    assert count > 75 and limit == 75 * (-(-count // 75))
+def test_token_counter_shows_what_the_engine_counts():
+    from webui.components import token_label
+
+    class Counting:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def token_count(self, prompt: str) -> tuple[int, int]:
+            self.seen.append(prompt)
+            return 80, 150
+
+    class Broken:
+        def token_count(self, prompt: str) -> tuple[int, int]:
+            raise RuntimeError("no tokenizer <yet>")
+
+    engine = Counting()
+    assert token_label(engine, "a cat <lora:x:1>") == "<span class='token-counter'>80/150</span>"
+    assert engine.seen == ["a cat <lora:x:1>"]  # the engine removes tags, not the UI
+    assert token_label(engine, None) == "<span class='token-counter'>80/150</span>" and engine.seen[-1] == ""
+    assert token_label(Broken(), "x") == "<span class='token-counter' title='no tokenizer &lt;yet&gt;'>?/75</span>"
 
 
 def test_styles_apply_and_save(tmp_path):

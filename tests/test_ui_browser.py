@@ -196,7 +196,7 @@ class TestBrowser:
             ui.open_tab(page, label)
             page.wait_for_timeout(300)
             ui.screenshot(page, "tab-" + re.sub(r"\W+", "-", label.lower()).strip("-"))
-        for notice in ("#controlnet-notice", "#extras-notice", "#extensions-notice"):
+        for notice in ("#controlnet-notice", "#extensions-notice"):
             assert "not available yet" in page.locator(notice).inner_text()
         assert page.errors == []
 

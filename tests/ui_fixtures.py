@@ -5,11 +5,14 @@ A1111-style infotext, so the UI can be driven end to end before the real pipelin
 machines without models. Prompts steer it: "raise" fails, "oom" raises torch.OutOfMemoryError,
 "nan" raises a NaN error, "slow" takes `slow_step` seconds per step. An inpaint request (a mask) gets
 its init image back with the masked pixels (mask > 128) painted in the seed's colour, so a UI test can
-see where the mask landed.
+see where the mask landed. A `<lora:name:w>` tag naming a file not in `models/Lora` is a RequestError on
+`prompt`, as the real engine's. Extra networks are the files under `root/models/Lora` and
+`root/models/embeddings`, scanned once and again on `refresh_networks()`, as the Engine contract says.
 """
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -20,7 +23,23 @@ from PIL import Image
 
 from modules import config as config_mod
 from modules.engine import CancelToken, CheckpointInfo
-from modules.types import GenerationRequest, ProgressEvent, Result
+from modules.paths import ModelPaths, safe_join
+from modules.prompts import parse_extra_networks
+from modules.tokenizer import default_tokenizer
+from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
+from modules.validation import RequestError
+
+NETWORK_EXTENSIONS = {"lora": (".safetensors", ".pt", ".ckpt"), "embeddings": (".safetensors", ".pt", ".bin")}
+PREVIEW_SUFFIXES = (".png", ".preview.png", ".jpg", ".jpeg", ".preview.jpg", ".webp")
+_TAGS = re.compile(r"<[^>]*>")
+_WEIGHTS = re.compile(r":\s*-?[\d.]+\s*(?=[)\]])")
+_SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")
+
+
+def rough_token_count(text: str) -> int:
+    """CLIP tokens after dropping `<lora:…>` tags, `:1.2` weights and brackets (near A1111's count)."""
+    plain = _SYNTAX.sub(" ", _WEIGHTS.sub("", _TAGS.sub("", text)))
+    return len(default_tokenizer().encode(plain))
 
 
 def fake_infotext(req: GenerationRequest, seed: int, model: CheckpointInfo | None) -> str:
@@ -59,12 +78,20 @@ class FakeEngine:
         self.outputs_root = self.root
         self.step_time = step_time
         self.slow_step = slow_step
+        self.paths = ModelPaths.create(self.root)
         self._infos = [CheckpointInfo(n, self.root / n, f"{abs(hash(n)) % 16**10:010x}") for n in checkpoints]
+        self._networks: dict[str, list[NetworkEntry]] | None = None
         self._current: CheckpointInfo | None = None
         self._lock = threading.Lock()
         self.calls: list[GenerationRequest] = []
+        self.token_prompts: list[str] = []  # every token_count() call (the UI debounces them)
         self.threads: set[str] = set()
         self.on_generate: Callable[[GenerationRequest], None] | None = None
+        # the real upscaler registry over <root>/models: PIL filters, plus any tiny model a test puts there
+        from modules.upscalers import UpscalerRegistry
+
+        self.upscalers = UpscalerRegistry(ModelPaths.create(self.root), device=torch.device("cpu"),
+                                          dtype=torch.float32, settings=lambda: self.settings)
 
     # settings
     def update_settings(self, **changes) -> config_mod.Settings:
@@ -103,8 +130,54 @@ class FakeEngine:
             return self.select_checkpoint(wanted if wanted else self._infos[0].name)
         return self._current
 
+    def unload(self) -> None:
+        self._current = None
+
+    # extra networks (the Engine contract: a cached scan, rescanned by refresh_networks)
+    def refresh_networks(self) -> None:
+        found: dict[str, list[NetworkEntry]] = {}
+        for kind, label in (("lora", "lora"), ("embeddings", "embedding")):
+            entries = []
+            for path in self.paths.list_files(kind, NETWORK_EXTENSIONS[kind]):
+                stem = path.name[: -len(path.suffix)]
+                preview = next((path.with_name(stem + s) for s in PREVIEW_SUFFIXES if path.with_name(stem + s).is_file()), None)
+                metadata = {"ss_output_name": f"{stem}-alias"} if kind == "lora" else {"vectors": "2", "shape": "768"}
+                entries.append(NetworkEntry(stem, label, path, family="sd1", hash=f"{abs(hash(stem)) % 16**12:012x}",
+                                            preview=preview, metadata=metadata))
+            found[kind] = entries
+        with self._lock:
+            self._networks = found
+
+    def _network_list(self, kind: str) -> list[NetworkEntry]:
+        if self._networks is None:
+            self.refresh_networks()
+        assert self._networks is not None
+        return list(self._networks[kind])
+
+    def list_loras(self) -> list[NetworkEntry]:
+        return self._network_list("lora")
+
+    def list_embeddings(self) -> list[NetworkEntry]:
+        return self._network_list("embeddings")
+
+    def token_count(self, prompt: str) -> tuple[int, int]:
+        self.token_prompts.append(prompt)
+        count = rough_token_count(prompt)
+        return count, max(75, -(-count // 75) * 75)
+
     def list_vaes(self) -> list[Path]:
         return [self.root / "models" / "VAE" / "fake-vae.safetensors"]
+
+    def list_upscalers(self) -> list:
+        return self.upscalers.list()
+
+    def hr_upscaler_names(self) -> list[str]:
+        from modules.validation import LATENT_UPSCALE_MODES
+
+        return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
+
+    def output_dir(self, relative: str) -> Path:
+        return safe_join(self.outputs_root, relative) if not Path(relative).is_absolute() else Path(relative)
 
     def samplers(self) -> list[str]:
         return ["Euler a", "Euler", "DPM++ 2M", "DDIM"]
@@ -126,6 +199,11 @@ class FakeEngine:
             raise RuntimeError("the fake engine was asked to fail")
         if "nan" in prompt.split():
             raise FloatingPointError("A tensor with all NaNs was produced in Unet")
+        known = {entry.name for entry in self.list_loras()}
+        for params in parse_extra_networks(request.prompt)[1].get("lora", []):
+            name = params.positional[0] if params.positional else ""
+            if name not in known:
+                raise RequestError("prompt", f"LoRA {name!r} not found in {self.paths.folder('lora')}")
         info = self.select_checkpoint(request.checkpoint) if request.checkpoint else self.current_bundle()
         cancel = cancel or CancelToken()
         step_time = self.slow_step if "slow" in prompt else self.step_time
@@ -147,11 +225,15 @@ class FakeEngine:
                 break
             if cancel.skipped.is_set():
                 continue
+            batch = []
             for b in range(request.batch_size):
                 seed = base_seed + index * request.batch_size + b
-                images.append(self._image(seed, request))
+                batch.append(self._image(seed, request))
                 infotexts.append(fake_infotext(request, seed, info))
                 seeds.append(seed)
+            images.extend(batch)
+            if progress:
+                progress(ProgressEvent(0, 0, index, request.n_iter, images=tuple(batch)))
         return Result(tuple(images), tuple(infotexts), tuple(seeds), interrupted=cancel.interrupted.is_set())
 
     @staticmethod

@@ -7,7 +7,6 @@ request's type hints; the few fields whose widget shows something else (a label 
 """
 from __future__ import annotations
 
-import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -15,7 +14,6 @@ from typing import Any, Callable, Mapping
 from modules import infotext, inpaint
 from modules.sampling.samplers import SAMPLERS
 from modules.sampling.schedules import SCHEDULES
-from modules.tokenizer import default_tokenizer
 from modules.types import RESIZE_MODES, GenerationRequest
 from modules.validation import LATENT_UPSCALE_MODES, PIXEL_UPSCALERS
 
@@ -160,21 +158,7 @@ def schedule_choices(engine: Any) -> list[str]:
 
 
 def token_count(engine: Any, text: str) -> tuple[int, int]:
-    """(tokens, limit) for the `N/75` counter; the limit grows by 75 per chunk as A1111's does."""
-    if hasattr(engine, "token_count"):
-        count = int(engine.token_count(text))
-    else:
-        count = _rough_token_count(text)
-    return count, max(75, -(-count // 75) * 75)
-
-
-_TAGS = re.compile(r"<[^>]*>")
-_WEIGHTS = re.compile(r":\s*-?[\d.]+\s*(?=[)\]])")
-_SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")
-
-
-def _rough_token_count(text: str) -> int:
-    """CLIP tokens after dropping `<lora:…>` tags, `:1.2` weights and brackets (close to A1111's count,
-    which also pads chunks at commas); used until the engine offers `token_count`."""
-    plain = _SYNTAX.sub(" ", _WEIGHTS.sub("", _TAGS.sub("", text)))
-    return len(default_tokenizer().encode(plain))
+    """(tokens used, capacity) for A1111's `N/75` counter, from `engine.token_count` (the contract:
+    extra-network tags removed, embeddings counted by their vectors, capacity 75 per chunk)."""
+    used, capacity = engine.token_count(text)
+    return int(used), int(capacity)

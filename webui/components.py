@@ -72,9 +72,28 @@ class PromptBox:
     style_name: gr.Textbox
 
 
+EMPTY_COUNT = "<span class='token-counter'>0/75</span>"  # shown before any text: building never asks the engine
+TOKEN_DEBOUNCE_MS = 400  # script.js waits this long after the last change before counting
+
+
 def token_label(engine: Any, text: str) -> str:
-    count, limit = bindings.token_count(engine, text or "")
+    """A1111's `N/75` counter from `engine.token_count` (runs in Gradio's worker threads, never on the
+    event loop). A failure shows `?` with the reason, and never an error popup while typing."""
+    try:
+        count, limit = bindings.token_count(engine, text or "")
+    except Exception as exc:  # noqa: BLE001 - a counter must not break typing
+        return f"<span class='token-counter' title='{html.escape(str(exc), quote=True)}'>?/75</span>"
     return f"<span class='token-counter'>{count}/{limit}</span>"
+
+
+def wire_token_counter(engine: Any, box: gr.Textbox, counter: gr.HTML) -> None:
+    """Debounced like A1111's: every change (typing, paste, Send to) only restarts a timer in the
+    browser; when it fires, a hidden button asks the server for the count of the latest text."""
+    button = gr.Button("count tokens", visible="hidden", elem_id=f"{box.elem_id}-token-button")
+    box.change(None, js=f"() => window.paletteCountTokensSoon('{box.elem_id}', {TOKEN_DEBOUNCE_MS})",
+               api_visibility="private")
+    button.click(lambda text: token_label(engine, text), inputs=box, outputs=counter, queue=False,
+                 show_progress="hidden", trigger_mode="always_last", api_visibility="private")
 
 
 def prompt_box(engine: Any, tab: str, style_names: list[str]) -> PromptBox:
@@ -82,9 +101,9 @@ def prompt_box(engine: Any, tab: str, style_names: list[str]) -> PromptBox:
         with gr.Column(scale=6):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (Ctrl+Enter to generate)",
                                 elem_id=f"{tab}-prompt")
-            prompt_tokens = gr.HTML(token_label(engine, ""), elem_id=f"{tab}-prompt-tokens")
+            prompt_tokens = gr.HTML(EMPTY_COUNT, elem_id=f"{tab}-prompt-tokens")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}-negative-prompt")
-            negative_tokens = gr.HTML(token_label(engine, ""), elem_id=f"{tab}-negative-tokens")
+            negative_tokens = gr.HTML(EMPTY_COUNT, elem_id=f"{tab}-negative-tokens")
         with gr.Column(scale=2, min_width=200):
             styles = gr.Dropdown(style_names, value=[], multiselect=True, label="Styles", elem_id=f"{tab}-styles")
             with gr.Row():
@@ -93,8 +112,7 @@ def prompt_box(engine: Any, tab: str, style_names: list[str]) -> PromptBox:
                 style_name = gr.Textbox(label="New style name", scale=3, elem_id=f"{tab}-style-name")
                 save_style = gr.Button("Save style", size="sm", scale=1, elem_id=f"{tab}-save-style")
     for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
-        box.change(lambda text: token_label(engine, text), inputs=box, outputs=counter, queue=False,
-                   show_progress="hidden", trigger_mode="always_last", api_visibility="private")
+        wire_token_counter(engine, box, counter)
     return PromptBox(prompt, negative, prompt_tokens, negative_tokens, styles, apply_styles, save_style, style_name)
 
 
@@ -159,7 +177,9 @@ def hires_fix(engine: Any, tab: str) -> dict[str, Any]:
     with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}-hires"):
         enable = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}-enable-hr")
         with gr.Row():
-            upscaler = gr.Dropdown(list(bindings.HR_UPSCALERS), value="Latent", label="Upscaler", elem_id=f"{tab}-hr-upscaler")
+            names = getattr(engine, "hr_upscaler_names", None)  # Latent modes, PIL filters, model files
+            upscaler = gr.Dropdown(names() if names else list(bindings.HR_UPSCALERS), value="Latent", label="Upscaler",
+                                   elem_id=f"{tab}-hr-upscaler")
             hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0 = same)", elem_id=f"{tab}-hr-steps")
             denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength", elem_id=f"{tab}-hr-denoise")
         with gr.Row():

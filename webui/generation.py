@@ -105,7 +105,7 @@ def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: A
             yield {panel.progress: error_html(str(exc))}
             return
         ctx.set_active(session, tab, job)
-        shown_preview = None
+        shown_preview, shown_images = None, 0
         try:
             for state in job.updates(min_interval=UPDATE_INTERVAL):
                 if state.finished:
@@ -115,6 +115,9 @@ def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: A
                 if state.preview is not None and state.preview is not shown_preview:
                     shown_preview = state.preview
                     update[panel.preview] = gr.Image(value=state.preview, visible=True)
+                if len(state.images) > shown_images:  # each batch shows as soon as it is decoded
+                    shown_images = len(state.images)
+                    update[panel.gallery] = list(state.images)
                 yield update
         finally:
             ctx.clear_active(session, tab, job)

@@ -11,7 +11,8 @@ Three layers, each usable alone:
    arXiv:2202.00512): D = c_skip*x + c_out*F with c_skip = 1/(sigma^2+1), c_out = -sigma/sqrt(sigma^2+1).
 3. `CFGDenoiser` — classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598) with several
    weighted positive prompts (composable diffusion, Liu et al. 2022, arXiv:2206.01714; A1111's `AND`):
-   denoised = uncond + sum_k w_k * cfg * (cond_k - uncond).
+   denoised = uncond + sum_k w_k * cfg * (cond_k - uncond). The maths is `cfg_combine`, which the
+   pipeline's `modules.guidance.GuidedDenoiser` (per-image scheduled prompts) shares.
 
 Hook points (`DenoiserHooks`), for ControlNet, extensions and the like:
 - `pre_model`: `(x_in, sigma_in, cond_in) -> Mapping | None` runs before every network call on the
@@ -361,6 +362,19 @@ def cond_cat(conds: Sequence[Cond]) -> Cond:
 
 # ---- classifier-free guidance ----------------------------------------------------------------------
 
+def cfg_combine(uncond: Tensor, conds: Tensor, rows: Sequence[int], weights: Sequence[float],
+                cfg_scale: float) -> Tensor:
+    """Guidance over a batch: image i gets uncond[i] + sum of w_r * cfg_scale * (conds[r] - uncond[i]) over
+    the cond rows r with rows[r] == i (A1111's `combine_denoised`; the sum runs in row order, as there).
+    `uncond` [B, ...]; `conds` [R, ...], one row per (image, positive prompt) with weight `weights[r]`."""
+    if conds.shape[0] != len(rows) or len(rows) != len(weights):
+        raise ValueError(f"cfg_combine: {conds.shape[0]} cond rows, {len(rows)} image indices, {len(weights)} weights")
+    denoised = uncond.clone()
+    for r, (i, weight) in enumerate(zip(rows, weights)):
+        denoised[i] += (conds[r] - uncond[i]) * (weight * cfg_scale)
+    return denoised
+
+
 @dataclass(frozen=True)
 class DenoiserHooks:
     """Extension points of `CFGDenoiser` (see the module docstring for the signatures)."""
@@ -429,9 +443,9 @@ class CFGDenoiser:
         else:
             uncond = outs[-1]
             self.last_uncond = uncond
-            denoised = uncond.clone()
-            for (_, weight), out in zip(self.terms, outs[:-1]):
-                denoised = denoised + (out - uncond) * (weight * self.cfg_scale)
+            rows = [i for _ in self.terms for i in range(batch)]
+            weights = [w for _, w in self.terms for _ in range(batch)]
+            denoised = cfg_combine(uncond, torch.cat(outs[:-1]), rows, weights, self.cfg_scale)
         for hook in self.hooks.post_cfg:
             denoised = hook(x, sigma, denoised)
         return denoised

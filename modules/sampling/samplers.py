@@ -7,7 +7,8 @@ noise_sampler=None, ...) -> x`:
 - fresh noise only ever comes from `noise_sampler(sigma, sigma_next)`; a sampler that needs noise and
   got none raises a clear error (the global RNG is never used);
 - `disable` is accepted for k-diffusion compatibility (there is no progress bar).
-Single-step samplers live here, multistep ones in `samplers_multistep.py`.
+Single-step samplers live here, multistep ones in `samplers_multistep.py`, and the four A1111 runs in
+timestep space (DDIM, DDIM CFG++, PLMS, UniPC) in `samplers_timesteps.py`.
 `SAMPLERS` maps A1111's labels to `SamplerInfo`; `resolve_sampler_name` accepts labels, aliases and
 A1111's old fused names ("DPM++ 2M Karras"); `sigmas_for` builds a sampler's sigmas the way A1111 does.
 """
@@ -23,11 +24,13 @@ import torch
 from torch import Tensor
 
 from modules.sampling import schedules as sched
-from modules.sampling.denoiser import DiscreteSchedule, to_d
+from modules.sampling.denoiser import DiscreteSchedule, LCMSchedule, to_d
 from modules.sampling.noise import NoiseSampler, ancestral_step, missing_noise_sampler
 from modules.sampling.samplers_multistep import (
-    sample_ddim, sample_ddim_cfgpp, sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun,
-    sample_dpmpp_3m_sde, sample_lms, sample_plms, sample_unipc,
+    sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_3m_sde, sample_lms,
+)
+from modules.sampling.samplers_timesteps import (
+    sample_ddim, sample_ddim_cfgpp, sample_plms, sample_unipc, timestep_sigmas,
 )
 
 Callback = Callable[[dict], Any]
@@ -482,7 +485,11 @@ class SamplerInfo:
     noise sampler. second_order: two network calls per step (prompt-editing step counting).
     uses_ensd: affected by A1111's "Eta noise seed delta". discard_next_to_last_sigma: A1111 builds
     steps + 1 sigmas and drops the penultimate. needs_uncond / cfg_scale_multiplier: CFG++ (build the
-    CFG denoiser with cfg_scale * multiplier and keep the unconditional prediction)."""
+    CFG denoiser with cfg_scale * multiplier and keep the unconditional prediction).
+    timesteps: A1111 runs it in timestep space (`samplers_timesteps.py`) on its DDIM timesteps whatever
+    schedule is picked, as A1111 does; it also takes `schedule=` and `is_img2img=` (see `plan_kwargs`).
+    table: the noise table it samples on, made from the model's (LCM: the 50-level `LCMSchedule`, which
+    also snaps the network's timesteps as A1111's LCM denoiser does)."""
 
     label: str
     fn: SamplerFn
@@ -498,9 +505,12 @@ class SamplerInfo:
     needs_uncond: bool = False
     cfg_scale_multiplier: float = 1.0
     automatic: sched.ScheduleFn = sched.uniform
+    timesteps: bool = False
+    table: Callable[[DiscreteSchedule], DiscreteSchedule] | None = None
 
 
 _ETA = MappingProxyType({"eta": 1.0})
+_ETA_DDIM = MappingProxyType({"eta": 0.0})
 _CHURN = ("s_churn", "s_noise")
 
 
@@ -536,12 +546,12 @@ SAMPLERS: dict[str, SamplerInfo] = {i.label: i for i in (
     _info("DPM adaptive", sample_dpm_adaptive, ("k_dpm_ad",), options=("eta",), defaults=_ETA, stochastic=True,
           uses_ensd=True),
     _info("Restart", sample_restart, ("restart",), default_scheduler="Karras", stochastic=True, second_order=True),
-    _info("DDIM", sample_ddim, ("ddim",), default_scheduler="DDIM", options=("eta",), defaults=MappingProxyType({"eta": 0.0})),
-    _info("DDIM CFG++", sample_ddim_cfgpp, ("ddim_cfgpp",), default_scheduler="DDIM", options=("eta",),
-          defaults=MappingProxyType({"eta": 0.0}), needs_uncond=True, cfg_scale_multiplier=1 / 12.5),
-    _info("PLMS", sample_plms, ("plms",), default_scheduler="DDIM"),
-    _info("UniPC", sample_unipc, ("unipc",), default_scheduler="SGM Uniform"),
-    _info("LCM", sample_lcm, ("k_lcm",), stochastic=True, automatic=sched.lcm),
+    _info("DDIM", sample_ddim, ("ddim",), options=("eta",), defaults=_ETA_DDIM, timesteps=True),
+    _info("DDIM CFG++", sample_ddim_cfgpp, ("ddim_cfgpp",), options=("eta",), defaults=_ETA_DDIM,
+          needs_uncond=True, cfg_scale_multiplier=1 / 12.5, timesteps=True),
+    _info("PLMS", sample_plms, ("plms",), timesteps=True),
+    _info("UniPC", sample_unipc, ("unipc",), timesteps=True),
+    _info("LCM", sample_lcm, ("k_lcm",), stochastic=True, automatic=sched.lcm, table=LCMSchedule),
 )}
 
 # A1111's pre-1.9 fused aliases: "<alias>_ka" = Karras, "<alias>_exp" = Exponential.
@@ -594,10 +604,21 @@ def resolve_scheduler(info: SamplerInfo, scheduler: str | None) -> str:
     return label
 
 
+def sampler_table(info: SamplerInfo, schedule: DiscreteSchedule) -> DiscreteSchedule:
+    """The noise table `info` samples on, given the model's (the model's own unless `info.table`)."""
+    if info.table is None or isinstance(schedule, LCMSchedule):
+        return schedule
+    return info.table(schedule)
+
+
 def sigmas_for(info: SamplerInfo, scheduler: str | None, schedule: DiscreteSchedule, steps: int, *,
                discard_penultimate: bool | None = None) -> Tensor:
     """The sigmas A1111 would sample `steps` steps with: resolve "Automatic", and for samplers flagged
-    `discard_next_to_last_sigma` (DPM2, DPM2 a, DPM++ 3M SDE) build steps + 1 and drop the penultimate."""
+    `discard_next_to_last_sigma` (DPM2, DPM2 a, DPM++ 3M SDE) build steps + 1 and drop the penultimate.
+    Timestep samplers get A1111's timesteps 1, 1 + 1000//steps, ... as the table's sigmas (plus the
+    final 0) whatever `scheduler` says: A1111 ignores the schedule for them."""
+    if info.timesteps:
+        return timestep_sigmas(schedule, steps)
     discard = info.discard_next_to_last_sigma if discard_penultimate is None else discard_penultimate
     n = steps + 1 if discard else steps
     label = resolve_scheduler(info, scheduler)
@@ -605,3 +626,34 @@ def sigmas_for(info: SamplerInfo, scheduler: str | None, schedule: DiscreteSched
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas
+
+
+def img2img_sigmas(info: SamplerInfo, sigmas: Tensor, steps: int, t_enc: int) -> Tensor:
+    """The tail of a `steps`-step schedule that img2img (and hires) runs when t_enc steps are left.
+
+    k-diffusion samplers: A1111's `sigmas[steps - t_enc - 1:]`. Timestep samplers: A1111 noises to
+    its timestep T[t_enc] (T ascending), i.e. starts at `sigmas[len(T) - 1 - t_enc]`, which differs when
+    1000 // steps gives more than `steps` timesteps (e.g. 30 steps → 31)."""
+    if info.timesteps:
+        return sigmas[max(len(sigmas) - 2 - t_enc, 0):]
+    return sigmas[steps - t_enc - 1:]
+
+
+def plan_kwargs(info: SamplerInfo, schedule: DiscreteSchedule, *, img2img: bool) -> dict[str, Any]:
+    """What a pass adds to a sampler's keyword arguments: timestep samplers need the noise table and
+    whether the start latent was noised from an image (A1111 then starts one timestep lower)."""
+    return {"schedule": schedule, "is_img2img": img2img} if info.timesteps else {}
+
+
+def infotext_fields(info: SamplerInfo, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A1111's infotext entries for the options a sampler runs with (`kwargs`, request and settings
+    resolved) where they differ from A1111's defaults, so the image reproduces there: "Eta" (k-diffusion
+    samplers, default 1) or "Eta DDIM" (timestep samplers, default 0), and "Sigma noise" (default 1)."""
+    out: dict[str, Any] = {}
+    eta = kwargs.get("eta")
+    if "eta" in info.options and eta is not None and eta != info.defaults.get("eta"):
+        out["Eta DDIM" if info.timesteps else "Eta"] = eta
+    s_noise = kwargs.get("s_noise")
+    if "s_noise" in info.options and s_noise is not None and s_noise != 1.0:
+        out["Sigma noise"] = s_noise
+    return out

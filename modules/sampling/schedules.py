@@ -6,7 +6,8 @@ Polyexponential), including its quirks, because A1111 infotexts are what users r
   sigma_max; Uniform, Normal and SGM Uniform are spaced in (fractional) timestep space.
 - KL Optimal has steps + 1 values ending at sigma_min, not 0 (A1111 appends no zero).
 - DDIM takes every (1000 // steps)-th table entry from t = 1; when `steps` does not divide 1000 that is
-  more than `steps` sigmas (A1111's timesteps behave the same way).
+  more than `steps` sigmas (A1111's "DDIM" schedule for k-diffusion samplers; its DDIM/PLMS/UniPC
+  samplers use `samplers_timesteps.a1111_timesteps`, which differs at 36 or 37 steps).
 "Automatic" is not a schedule: the sampler decides (see `samplers.sigmas_for`).
 """
 from __future__ import annotations

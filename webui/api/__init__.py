@@ -6,14 +6,16 @@ same-origin rule are route dependencies, so they hold in both cases.
 """
 from __future__ import annotations
 
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-from webui.api import routes_generate, routes_info, routes_jobs
+from webui.api import routes_generate, routes_info, routes_jobs, routes_networks
 from webui.api.auth import make_auth, make_origin_check
 from webui.api.context import ApiContext
 
@@ -36,13 +38,26 @@ def build_router(engine: Any, queue: Any, options: Any = None) -> APIRouter:
     router.include_router(routes_generate.build(ctx, auth))
     router.include_router(routes_info.build(ctx, auth))
     router.include_router(routes_jobs.build(ctx, auth))
+    router.include_router(routes_networks.build(ctx, auth))
     _add_docs(router)
     router.palette_context = ctx  # type: ignore[attr-defined]  # for tests
     return router
 
 
+DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+DOCS_ASSETS_URL = "/palette/v1/docs-assets"
+
+
+def docs_asset(name: str) -> Path:
+    """Swagger UI's files as fastapi-offline ships them, so the docs page works with no network."""
+    if name not in DOCS_ASSETS:
+        raise HTTPException(404, detail=f"no docs asset {name!r}")
+    return Path(str(resources.files("fastapi_offline").joinpath("static", name)))
+
+
 def _add_docs(router: APIRouter) -> None:
-    """OpenAPI schema and Swagger page for the API routes only, behind the same guards."""
+    """OpenAPI schema and Swagger page (assets served from here, no CDN) behind the same guards.
+    `/docs` (A1111's address) leads to it, on the UI's server as on `--nowebui`."""
     schema: dict[str, Any] = {}
 
     async def openapi() -> dict[str, Any]:
@@ -51,10 +66,23 @@ def _add_docs(router: APIRouter) -> None:
         return schema
 
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/palette/v1/openapi.json", title=f"{TITLE} docs")
+        return get_swagger_ui_html(
+            openapi_url="/palette/v1/openapi.json", title=f"{TITLE} docs",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # never ask swagger.io to validate the schema
+        )
+
+    async def asset(name: str) -> FileResponse:
+        return FileResponse(docs_asset(name), media_type=DOCS_ASSETS[name], headers={"Cache-Control": "max-age=86400"})
+
+    async def docs_redirect() -> RedirectResponse:
+        return RedirectResponse("/palette/v1/docs")
 
     router.add_api_route("/palette/v1/openapi.json", openapi, methods=["GET"], include_in_schema=False)
     router.add_api_route("/palette/v1/docs", docs, methods=["GET"], include_in_schema=False)
+    router.add_api_route(DOCS_ASSETS_URL + "/{name}", asset, methods=["GET"], include_in_schema=False)
+    router.add_api_route("/docs", docs_redirect, methods=["GET"], include_in_schema=False)
 
 
 def mount_api(app: FastAPI, engine: Any, queue: Any, options: Any = None) -> APIRouter:
@@ -70,14 +98,6 @@ def create_api_app(engine: Any, queue: Any, options: Any = None) -> FastAPI:
                   openapi_url=None)
     router = mount_api(app, engine, queue, options)
     app.state.palette_context = router.palette_context  # type: ignore[attr-defined]
-    from fastapi.responses import RedirectResponse
-
-    guards = router.dependencies
-
-    @app.get("/docs", include_in_schema=False, dependencies=guards)
-    async def docs_redirect() -> RedirectResponse:
-        return RedirectResponse("/palette/v1/docs")
-
     return app
 
 

@@ -61,6 +61,7 @@ class JobMeta:
 
     parameters: dict[str, Any]
     notes: list[str]
+    restore_checkpoint: bool = False  # override_settings.sd_model_checkpoint, restored afterwards
 
 
 @dataclass
@@ -90,7 +91,7 @@ class ApiContext:
 
     def submit(self, request: Any, owner: str | None, meta: JobMeta) -> Any:
         try:
-            job = self.queue.submit(request, owner=owner)
+            job = self.queue.submit(request, owner=owner, restore_checkpoint=meta.restore_checkpoint)
         except QueueFullError as exc:
             raise HTTPException(429, detail=str(exc)) from None
         with self._lock:

@@ -11,6 +11,7 @@ from typing import Any
 
 from modules.config import Settings
 from modules.types import GenerationRequest, Result
+from modules.sd_upscale import is_script as is_sd_upscale
 from modules.validation import RequestError, validate_request
 from webui.api.context import ApiContext, JobMeta, jsonable
 from webui.api.images import decode_image, encode_png
@@ -85,7 +86,7 @@ def _notes(body: Any) -> list[str]:
     if ignored:
         notes.append(f"alwayson_scripts ignored ({', '.join(ignored)}): "
                      "no feature in Palette owns these scripts yet")
-    if body.script_name:
+    if body.script_name and not (getattr(body, "init_images", None) and is_sd_upscale(body.script_name)):
         notes.append(f"script_name {body.script_name!r} ignored: scripts are not supported yet")
     for name in ("restore_faces", "tiling"):
         if getattr(body, name):
@@ -110,6 +111,9 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
             checkpoint = ctx.engine.find_checkpoint(wanted).name
         except FileNotFoundError as exc:
             raise RequestError("override_settings", f"sd_model_checkpoint: {exc}") from None
+    if overrides and not body.override_settings_restore_afterwards:
+        notes.append("override_settings_restore_afterwards=false keeps only sd_model_checkpoint; "
+                     f"{', '.join(overrides)} applied to this job only")
     prompt, negative = body.prompt, body.negative_prompt
     if body.styles:
         prompt, negative = ctx.styles.apply(list(body.styles), prompt, negative)
@@ -137,8 +141,10 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
     if img2img:
         values.update(_img2img_values(body))
     request = GenerationRequest(**values)
-    validate_request(request)
-    return request, JobMeta(echo(body), notes)
+    names = getattr(ctx.engine, "hr_upscaler_names", None)
+    validate_request(request, upscalers=names() if names else None)
+    restore = checkpoint is not None and body.override_settings_restore_afterwards
+    return request, JobMeta(echo(body), notes, restore_checkpoint=restore)
 
 
 def _img2img_values(body: Any) -> dict[str, Any]:

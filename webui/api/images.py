@@ -1,4 +1,4 @@
-"""Images in and out of the API: base64 / data-URL decoding with limits, PNG encoding, PIL upscaling.
+"""Images in and out of the API: base64 / data-URL decoding with limits and PNG encoding.
 
 Decoding is where hostile input arrives, so every failure is a `RequestError` naming the field:
 remote URLs are refused (never fetched: no server-side request forgery), sizes are checked from the
@@ -19,8 +19,6 @@ from modules.validation import MAX_SIDE, RequestError
 MAX_INPUT_PIXELS = MAX_SIDE * MAX_SIDE  # same bound as the largest image Palette can generate
 MAX_BASE64_CHARS = 96 * 1024 * 1024  # ~72 MB of file per image
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-PIL_UPSCALERS = {"None": Image.Resampling.LANCZOS, "Lanczos": Image.Resampling.LANCZOS,
-                 "Nearest": Image.Resampling.NEAREST, "Bicubic": Image.Resampling.BICUBIC}
 
 
 def decode_image(text: Any, field: str) -> Image.Image:
@@ -67,57 +65,3 @@ def encode_png(image: Image.Image, parameters: str | None = None, *, extra: dict
 
 def text_chunks(image: Image.Image) -> dict[str, str]:
     return {str(k): v for k, v in (image.info or {}).items() if isinstance(v, str)}
-
-
-def check_upscaler(name: str, field: str) -> Image.Resampling:
-    if name not in PIL_UPSCALERS:
-        raise RequestError(field, f"unknown upscaler {name!r}; available: {', '.join(PIL_UPSCALERS)}")
-    return PIL_UPSCALERS[name]
-
-
-def _resize_by(image: Image.Image, scale: float, resample: Image.Resampling) -> Image.Image:
-    """A1111's Upscaler.upscale with a PIL filter: the target is rounded down to a multiple of 8."""
-    width = max(8, int(image.width * scale) // 8 * 8)
-    height = max(8, int(image.height * scale) // 8 * 8)
-    if (width, height) == image.size:
-        return image
-    return image.resize((width, height), resample=resample)
-
-
-def upscale(image: Image.Image, opts: Any) -> tuple[Image.Image, str]:
-    """A1111's extras upscale (scale by / scale to + crop, optional second upscaler blend) → (image, info)."""
-    if opts.gfpgan_visibility or opts.codeformer_visibility:
-        field = "gfpgan_visibility" if opts.gfpgan_visibility else "codeformer_visibility"
-        raise RequestError(field, "face restoration is not available in Palette; send 0")
-    first = check_upscaler(opts.upscaler_1, "upscaler_1")
-    second = check_upscaler(opts.upscaler_2, "upscaler_2")
-    if opts.resize_mode not in (0, 1):
-        raise RequestError("resize_mode", "must be 0 (scale by) or 1 (scale to)")
-    if opts.resize_mode == 1:
-        for name in ("upscaling_resize_w", "upscaling_resize_h"):
-            value = getattr(opts, name)
-            if not 1 <= value <= MAX_SIDE * 2:
-                raise RequestError(name, f"must be between 1 and {MAX_SIDE * 2}, got {value}")
-        scale = max(opts.upscaling_resize_w / image.width, opts.upscaling_resize_h / image.height)
-    else:
-        scale = opts.upscaling_resize
-        if not 0 < scale <= 8:
-            raise RequestError("upscaling_resize", f"must be between 0 and 8, got {scale}")
-    if image.width * scale * image.height * scale > MAX_INPUT_PIXELS * 4:
-        raise RequestError("upscaling_resize", f"the result would exceed {MAX_INPUT_PIXELS * 4} pixels")
-    source = image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
-    result = _resize_by(source, scale, first)
-    if opts.upscaler_2 != "None" and opts.extras_upscaler_2_visibility > 0:
-        other = _resize_by(source, scale, second)
-        result = Image.blend(result, other, min(1.0, float(opts.extras_upscaler_2_visibility)))
-    info = f"Postprocess upscale by: {scale:g}, Postprocess upscaler: {opts.upscaler_1}"
-    if opts.resize_mode == 1:
-        info = f"Postprocess upscale to: {opts.upscaling_resize_w}x{opts.upscaling_resize_h}, " \
-               f"Postprocess upscaler: {opts.upscaler_1}"
-        if opts.upscaling_crop:
-            w, h = opts.upscaling_resize_w, opts.upscaling_resize_h
-            left, top = (result.width - w) // 2, (result.height - h) // 2
-            result = result.crop((left, top, left + w, top + h))
-    if opts.upscaler_2 != "None" and opts.extras_upscaler_2_visibility > 0:
-        info += f", Postprocess upscaler 2: {opts.upscaler_2}"
-    return result, info

@@ -264,3 +264,28 @@ class JobInfo(BaseModel):
     error: Optional[str] = None
     info: Optional[str] = None
     images: Optional[list[str]] = None
+
+
+class LoraItem(BaseModel):
+    """A1111's `/sdapi/v1/loras` entry (A1111 returns plain dicts with these keys)."""
+
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
+class EmbeddingItem(BaseModel):
+    """A1111's EmbeddingItem. `shape` (vector width) and `vectors` (tokens it takes) are required ints in
+    A1111; here they are null when the engine's listing does not give them (it does not open the file)."""
+
+    step: Optional[int] = None
+    sd_checkpoint: Optional[str] = None
+    sd_checkpoint_name: Optional[str] = None
+    shape: Optional[int] = None
+    vectors: Optional[int] = None
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]

@@ -13,7 +13,8 @@ from modules.queue import CANCELLED, FAILED
 from modules.validation import RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, failed_job, info_json
-from webui.api.images import decode_image, encode_png, text_chunks, upscale
+from modules import extras, sd_upscale
+from webui.api.images import decode_image, encode_png, text_chunks
 from webui.api.models import (
     ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest, ExtrasSingleImageResponse,
     GenerationFields, GenerationResponse, Img2ImgRequest, PNGInfoRequest, PNGInfoResponse, ProgressResponse,
@@ -28,6 +29,8 @@ def owner_of(user: str | None) -> str:
 async def run_generation(ctx: ApiContext, body: GenerationFields, user: str | None, *, img2img: bool) -> dict[str, Any]:
     """Submit, wait (off the loop), answer as A1111 does; a failed job is a 500 with its cause."""
     request, meta = await ctx.run(convert.to_request, ctx, body, img2img=img2img)
+    if img2img and sd_upscale.is_script(body.script_name):
+        return await run_sd_upscale(ctx, body, request, meta, user)
     job = ctx.submit(request, owner_of(user), meta)
     await ctx.run(job.wait)
     state = job.snapshot()
@@ -36,6 +39,15 @@ async def run_generation(ctx: ApiContext, body: GenerationFields, user: str | No
     info = convert.build_info(ctx, request, state.result, meta, cancelled=state.status == CANCELLED)
     info["job_id"] = job.id
     images = await ctx.run(convert.encode_result, state.result) if body.send_images else []
+    return {"images": images, "parameters": meta.parameters, "info": info_json(info)}
+
+
+async def run_sd_upscale(ctx: ApiContext, body: Any, request: Any, meta: Any, user: str | None) -> dict[str, Any]:
+    """img2img with script_name "SD upscale": the whole script is one job on the worker."""
+    opts = await ctx.run(sd_upscale.options_from_args, list(body.script_args or []), ctx.engine.upscalers.names())
+    result = await ctx.run_task(lambda: sd_upscale.run(ctx.engine, request, opts), "SD upscale", owner_of(user))
+    info = convert.build_info(ctx, request, result, meta)
+    images = await ctx.run(convert.encode_result, result) if body.send_images else []
     return {"images": images, "parameters": meta.parameters, "info": info_json(info)}
 
 
@@ -78,21 +90,23 @@ def png_info(text: str) -> PNGInfoResponse:
     return PNGInfoResponse(info=geninfo, items=items, parameters=parameters)
 
 
-def extras_one(data: str, opts: Any, field: str) -> tuple[str, str]:
-    image = decode_image(data, field)
-    parameters = text_chunks(image).get("parameters")
-    result, info = upscale(image, opts)
-    return encode_png(result, parameters), info
+def extras_sources(ctx: ApiContext, body: Any, items: list[tuple[str, str]], field: str) -> tuple[list, extras.ExtrasOptions]:
+    """Options checked and images decoded off the event loop, before the job is queued (fast 422s)."""
+    opts = extras.ExtrasOptions.from_fields(body)
+    extras.validate(opts, ctx.engine.upscalers.names())
+    if not items:
+        raise RequestError(field, "send at least one image ({data, name})")
+    return [(decode_image(data, field), name) for data, name in items], opts
 
 
-def extras_batch(body: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
-    if not body.imageList:
-        raise RequestError("imageList", "send at least one image ({data, name})")
-    images, info = [], ""
-    for item in body.imageList:
-        encoded, info = extras_one(item.data, body, "imageList")
-        images.append(encoded)
-    return ExtrasBatchImagesResponse(html_info=info, images=images)
+async def run_extras(ctx: ApiContext, body: Any, items: list[tuple[str, str]], field: str) -> tuple[list[str], str]:
+    """Upscale on the worker (model upscalers share the device with generation) → (base64 PNGs, info)."""
+    sources, opts = await ctx.run(extras_sources, ctx, body, items, field)
+    label = f"Upscale {len(sources)} image(s) with {opts.upscaler_1}"
+    result = await ctx.run_task(lambda: extras.run(ctx.engine, sources, opts, save_output=False), label, "api")
+    encoded = [await ctx.run(encode_png, image, text_chunks(src).get("parameters"))
+               for image, (src, _) in zip(result.images, sources)]
+    return encoded, result.infotexts[-1] if result.infotexts else ""
 
 
 def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
@@ -137,13 +151,15 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
 
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     async def extra_single_image(body: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
-        """Upscale one image with a PIL upscaler (None, Lanczos, Nearest, Bicubic)."""
-        image, info = await ctx.run(extras_one, body.image, body, "image")
-        return ExtrasSingleImageResponse(html_info=info, image=image)
+        """Upscale one image with any upscaler GET /sdapi/v1/upscalers lists (PIL filters, ESRGAN-family
+        models); runs on the job queue. Face restoration fields must be 0 (not available)."""
+        images, info = await run_extras(ctx, body, [(body.image, "")], "image")
+        return ExtrasSingleImageResponse(html_info=info, image=images[0])
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     async def extra_batch_images(body: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
         """Upscale several images ({data, name}) with the same options."""
-        return await ctx.run(extras_batch, body)
+        images, info = await run_extras(ctx, body, [(i.data, i.name) for i in body.imageList], "imageList")
+        return ExtrasBatchImagesResponse(html_info=info, images=images)
 
     return router

@@ -1,6 +1,7 @@
 """A1111's listing and settings routes: options, models, samplers, schedulers, styles, memory, flags.
 
-Lists are read live from the model folders, so the refresh-* routes have nothing to rebuild. Model
+Checkpoint and VAE lists are read live from the folders, so their refresh routes have nothing to rebuild
+(LoRA/embedding routes: routes_networks.py). Model
 loads and unloads are queued on the worker so they never race a running generation.
 """
 from __future__ import annotations
@@ -13,7 +14,6 @@ from fastapi import APIRouter, Body, Depends
 from modules.validation import LATENT_UPSCALE_MODES, RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, jsonable
-from webui.api.images import PIL_UPSCALERS
 from webui.api.models import (
     LatentUpscalerModeItem, PromptStyleItem, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, UpscalerItem,
 )
@@ -41,6 +41,16 @@ def get_options(ctx: ApiContext) -> dict[str, Any]:
 def _sha256(ctx: ApiContext, path: Path) -> str | None:
     hashes = getattr(ctx.engine, "hashes", None)
     return hashes.sha256(path, compute=False) if hashes is not None else None
+
+
+def upscaler_items(ctx: ApiContext) -> list[UpscalerItem]:
+    """A1111's list: name, model_name (the folder family for model files), path and scale."""
+    items = []
+    for info in ctx.engine.list_upscalers():
+        model_name = None if info.kind == "none" else (info.folder if info.kind == "model" else info.name)
+        items.append(UpscalerItem(name=info.name, model_name=model_name,
+                                  model_path=str(info.path) if info.path else None, scale=info.scale))
+    return items
 
 
 def sd_models(ctx: ApiContext) -> list[SDModelItem]:
@@ -193,7 +203,7 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[UpscalerItem])
     async def upscalers() -> list[UpscalerItem]:
-        return [UpscalerItem(name=n, model_name=None if n == "None" else n) for n in PIL_UPSCALERS]
+        return await ctx.run(upscaler_items, ctx)
 
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     async def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
@@ -212,15 +222,6 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     async def memory_route() -> dict[str, Any]:
         return await ctx.run(memory)
 
-    @router.get("/loras")
-    async def loras() -> list[Any]:
-        """Empty until LoRA support lands."""
-        return []
-
-    @router.get("/embeddings")
-    async def embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
-
     @router.get("/scripts")
     async def scripts() -> dict[str, list[str]]:
         return {"txt2img": [], "img2img": []}
@@ -228,7 +229,7 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     for path in ("/extensions", "/script-info", "/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules"):
         router.add_api_route(path, _empty_list, methods=["GET"], summary=f"{path[1:]} (none in Palette yet)")
 
-    for path in ("/refresh-checkpoints", "/refresh-vae", "/refresh-loras", "/refresh-embeddings"):
+    for path in ("/refresh-checkpoints", "/refresh-vae"):  # LoRA/embedding refresh: routes_networks
         router.add_api_route(path, _nothing, methods=["POST"],
                              summary=f"{path[1:]}: lists are read from disk on every call")
 

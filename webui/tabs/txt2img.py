@@ -5,7 +5,7 @@ from typing import Any
 
 import gradio as gr
 
-from webui import bindings, components, generation, send
+from webui import bindings, components, extra_networks, generation, send
 from webui.context import UIContext
 
 TAB = "txt2img"
@@ -16,6 +16,7 @@ def build(ctx: UIContext, top: dict[str, Any]) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             prompts = components.prompt_box(ctx.engine, TAB, ctx.styles.names() if ctx.styles else [])
+            extra_networks.build_panel(ctx, TAB)
             widgets: dict[str, Any] = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
             widgets |= components.sampler_row(ctx.engine, TAB)
             size, _ = components.size_rows(TAB)

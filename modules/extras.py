@@ -1,0 +1,197 @@
+"""The Extras (postprocess upscale) operation, shared by the Upscale tab and `/sdapi/v1/extra-*`.
+
+A1111's postprocessing_upscale: scale by a factor, or to a size (then optionally crop, centred), with
+one upscaler, optionally blended with a second one by visibility. The infotext is A1111's
+(`Postprocess upscale by: 2, Postprocess upscaler: R-ESRGAN 4x+`). Saved files go to
+`outputs/extras-images/` with the source's own chunks (its `parameters` stay) plus `postprocessing`
+and `extras`, as A1111 writes them. Face restoration is not available (see the README).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Collection, Mapping
+
+from PIL import Image, PngImagePlugin
+
+from modules.validation import MAX_SIDE, RequestError
+
+MAX_RESULT_PIXELS = 4 * MAX_SIDE * MAX_SIDE
+MAX_FOLDER_IMAGES = 1000
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FACE_RESTORATION_UNAVAILABLE = (
+    "face restoration is not available in Palette (GFPGAN and CodeFormer need a face detector and "
+    "landmark model that cannot be shipped or downloaded; see the README); send 0"
+)
+_SAVE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ExtrasOptions:
+    """A1111's extras fields (the API's names)."""
+
+    resize_mode: int = 0  # 0: scale by, 1: scale to
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+
+    @classmethod
+    def from_fields(cls, source: Any) -> "ExtrasOptions":
+        """From any object or mapping carrying the A1111 field names (a pydantic body, a dict)."""
+        get = source.get if isinstance(source, Mapping) else lambda k, d: getattr(source, k, d)
+        defaults = cls()
+        return cls(**{f: get(f, getattr(defaults, f)) for f in cls.__dataclass_fields__})
+
+
+def validate(opts: ExtrasOptions, upscalers: Collection[str]) -> None:
+    """Every bad field is a RequestError naming it, before any image work starts."""
+    for name in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(opts, name):
+            raise RequestError(name, FACE_RESTORATION_UNAVAILABLE)
+    for name in ("upscaler_1", "upscaler_2"):
+        value = getattr(opts, name)
+        if value not in upscalers:
+            raise RequestError(name, f"unknown upscaler {value!r}; available: {', '.join(upscalers)}")
+    if opts.resize_mode not in (0, 1):
+        raise RequestError("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {opts.resize_mode!r}")
+    if opts.resize_mode == 1:
+        for name in ("upscaling_resize_w", "upscaling_resize_h"):
+            value = getattr(opts, name)
+            if not isinstance(value, int) or not 8 <= value <= MAX_SIDE * 2:
+                raise RequestError(name, f"must be between 8 and {MAX_SIDE * 2}, got {value!r}")
+    elif not 0 < float(opts.upscaling_resize) <= 8:
+        raise RequestError("upscaling_resize", f"must be above 0 and at most 8, got {opts.upscaling_resize}")
+    if not 0 <= float(opts.extras_upscaler_2_visibility) <= 1:
+        raise RequestError("extras_upscaler_2_visibility", f"must be between 0 and 1, got {opts.extras_upscaler_2_visibility}")
+
+
+def _scale_for(image: Image.Image, opts: ExtrasOptions) -> float:
+    if opts.resize_mode == 1:
+        return max(opts.upscaling_resize_w / image.width, opts.upscaling_resize_h / image.height)
+    return float(opts.upscaling_resize)
+
+
+def upscale(registry: Any, image: Image.Image, opts: ExtrasOptions, *,
+            on_tile: Callable[[int, int], None] | None = None) -> tuple[Image.Image, str]:
+    """One image through A1111's extras upscale → (image, "Postprocess …" infotext)."""
+    scale = _scale_for(image, opts)
+    if image.width * scale * image.height * scale > MAX_RESULT_PIXELS:
+        raise RequestError("upscaling_resize", f"the result would exceed {MAX_RESULT_PIXELS} pixels")
+    info: dict[str, Any] = {}
+    source = image.convert("RGB")
+
+    def one(name: str) -> Image.Image:
+        result = registry.upscale(source, name, scale, on_tile=on_tile)
+        if opts.resize_mode == 1 and opts.upscaling_crop:
+            w, h = opts.upscaling_resize_w, opts.upscaling_resize_h
+            cropped = Image.new("RGB", (w, h))
+            cropped.paste(result, box=(w // 2 - result.width // 2, h // 2 - result.height // 2))
+            result = cropped
+        return result
+
+    if opts.resize_mode == 1:
+        info["Postprocess upscale to"] = f"{opts.upscaling_resize_w}x{opts.upscaling_resize_h}"
+    else:
+        info["Postprocess upscale by"] = f"{scale:g}"
+    result = one(opts.upscaler_1)
+    if opts.resize_mode == 1 and opts.upscaling_crop:
+        info["Postprocess crop to"] = f"{result.width}x{result.height}"
+    info["Postprocess upscaler"] = opts.upscaler_1
+    if opts.upscaler_2 != "None" and opts.extras_upscaler_2_visibility > 0:
+        second = one(opts.upscaler_2)
+        result = Image.blend(result, second, float(opts.extras_upscaler_2_visibility))
+        info["Postprocess upscaler 2"] = opts.upscaler_2
+    return result, ", ".join(f"{k}: {v}" for k, v in info.items())
+
+
+# ---- folders and saving ----------------------------------------------------------------------------
+
+def allowed_folder(root: Path, text: str, field: str) -> Path:
+    """A server folder named by the user, accepted only inside Palette's data folder."""
+    if not text or not text.strip() or "\x00" in text:
+        raise RequestError(field, "give a folder path")
+    base = Path(root).resolve()
+    path = Path(text.strip()).expanduser()
+    path = (path if path.is_absolute() else base / path).resolve()
+    if path != base and base not in path.parents:
+        raise RequestError(field, f"{text!r} is outside Palette's data folder {base}; only folders inside it are read")
+    if not path.is_dir():
+        raise RequestError(field, f"{text!r} is not a folder")
+    return path
+
+
+def folder_images(folder: Path) -> list[Path]:
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+                   key=lambda p: p.name.lower())
+    if len(files) > MAX_FOLDER_IMAGES:
+        raise RequestError("input_dir", f"{len(files)} images; at most {MAX_FOLDER_IMAGES} per batch")
+    if not files:
+        raise RequestError("input_dir", f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def text_chunks(image: Image.Image) -> dict[str, str]:
+    return {str(k): v for k, v in (image.info or {}).items() if isinstance(v, str)}
+
+
+def save(image: Image.Image, folder: Path, info: str, *, source_chunks: Mapping[str, str] | None = None,
+         basename: str = "", fmt: str = "png") -> Path:
+    """`folder/NNNNN[-basename].png` with the source's chunks plus `postprocessing`/`extras` (A1111)."""
+    from modules.infotext import save_with_infotext
+    from modules.outputs import next_number
+
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c for c in basename if c.isalnum() or c in " ._-")[:80].strip(" .")
+    with _SAVE_LOCK:
+        final = folder / (f"{next_number(folder):05d}" + (f"-{stem}" if stem else "") + f".{fmt}")
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
+        os.close(fd)
+        try:
+            if fmt == "png":
+                pnginfo = PngImagePlugin.PngInfo()
+                for key, value in {**(source_chunks or {}), "postprocessing": info, "extras": info}.items():
+                    pnginfo.add_text(key, value)
+                image.save(tmp, format="PNG", pnginfo=pnginfo)
+            else:  # JPEG/WEBP keep one text: the source's parameters, else the postprocess line
+                save_with_infotext(image, Path(tmp), (source_chunks or {}).get("parameters") or info)
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return final
+
+
+@dataclass(frozen=True)
+class ExtrasResult:
+    images: tuple[Image.Image, ...]
+    infotexts: tuple[str, ...]
+    paths: tuple[Path, ...] = ()
+
+
+def run(engine: Any, sources: list[tuple[Image.Image, str]], opts: ExtrasOptions, *, save_output: bool,
+        on_progress: Callable[[int, int], None] | None = None) -> ExtrasResult:
+    """The job the worker runs: each (image, name) upscaled; saved to the extras folder when asked."""
+    validate(opts, engine.upscalers.names())
+    images, texts, paths = [], [], []
+    settings = engine.settings
+    for index, (image, name) in enumerate(sources):
+        result, info = upscale(engine.upscalers, image, opts)
+        images.append(result)
+        texts.append(info)
+        if save_output:
+            folder = engine.output_dir(settings.outdir_extras_samples)
+            fmt = settings.samples_format if settings.samples_format in ("png", "jpg", "webp") else "png"
+            paths.append(save(result, folder, info, source_chunks=text_chunks(image), basename=Path(name).stem if name else "",
+                              fmt=fmt))
+        if on_progress:
+            on_progress(index + 1, len(sources))
+    return ExtrasResult(tuple(images), tuple(texts), tuple(paths))
