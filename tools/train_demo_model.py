@@ -60,7 +60,7 @@ class Recipe:
     vae_ch: int = 32
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
     vae_res_blocks: int = 1
-    vae_steps: int = 1200
+    vae_steps: int = 3000
     vae_batch: int = 16
     vae_crop: int = 64
     vae_lr: float = 1e-3
@@ -75,7 +75,7 @@ class Recipe:
     unet_mult: tuple[int, ...] = (1, 2, 4)
     unet_res_blocks: int = 1
     unet_attention: tuple[int, ...] = (0, 1, 1)  # transformer depth per level
-    unet_steps: int = 800
+    unet_steps: int = 2600
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 50
@@ -266,8 +266,21 @@ class EMA:
         for s, p in zip(self.shadow, self.params):
             p.copy_(s.to(p.dtype))
 
+    @torch.no_grad()
+    def save_snapshot(self, save) -> None:
+        """Call `save()` with the EMA weights in place, then put the live training weights back."""
+        live = [p.detach().clone() for p in self.params]
+        self.copy_to()
+        try:
+            save()
+        finally:
+            for p, value in zip(self.params, live):
+                p.copy_(value)
 
-def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, device, autocast) -> EMA:
+
+def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, device, autocast,
+               snapshot=None, snapshot_every: int = 0) -> EMA:
+    """`snapshot(ema)` runs every `snapshot_every` steps, so a long run leaves a usable model behind."""
     ids_for = TextIds()
     rng = random.Random(recipe.seed + 2)
     gen = torch.Generator().manual_seed(recipe.seed + 3)
@@ -310,6 +323,8 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         torch.nn.utils.clip_grad_norm_(text_model.parameters(), 1.0)
         opt.step()
         ema.update(step)
+        if snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
+            snapshot(ema, step + 1)
         running = per.mean().item() if running is None else 0.98 * running + 0.02 * per.mean().item()
         if step % 50 == 0 or step == steps - 1:
             el = time.time() - t0
@@ -501,32 +516,41 @@ def main(argv: list[str] | None = None) -> int:
     latents = fold_latent_scale(vae, encode_all(vae, pixels, device, autocast))
     log(f"latents {tuple(latents.shape)}: scaled std {(latents * SD1_LATENT_SCALE).std():.3f}")
     vae.requires_grad_(False)
-    ema = train_unet(unet, text_model, latents, scenes, recipe, device, autocast)
+
+    def metadata(unet_steps_done: int) -> dict[str, str]:
+        elapsed = time.time() - started
+        return {
+            "palette.demo": "true",
+            "palette.default_resolution": str(RESOLUTION),
+            "modelspec.title": "Palette demo model (shapes)",
+            "modelspec.architecture": "stable-diffusion-v1",
+            "modelspec.description": "Palette's tiny demo model: one coloured shape on a flat background, "
+                                     "trained from scratch by tools/train_demo_model.py. Not a general model.",
+            "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
+            "modelspec.prediction_type": "epsilon",
+            "palette.training": json.dumps({
+                "command": " ".join(["tools/train_demo_model.py", *(argv if argv is not None else sys.argv[1:])]),
+                "recipe": asdict(recipe),
+                "seconds": round(elapsed),
+                "unet_steps_done": unet_steps_done,
+                "vae_seconds": round(t_vae),
+                "vae": vae_note,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+                "bf16_autocast": use_bf16,
+            }),
+        }
+
+    def snapshot(ema, done: int) -> None:
+        ema.save_snapshot(lambda: save_checkpoint(args.out, unet, vae, text_model, metadata(done)))
+
+    ema = train_unet(unet, text_model, latents, scenes, recipe, device, autocast, snapshot=snapshot,
+                     snapshot_every=20 if args.quick else 500)
     ema.copy_to()
     elapsed = time.time() - started
-    metadata = {
-        "palette.demo": "true",
-        "palette.default_resolution": str(RESOLUTION),
-        "modelspec.title": "Palette demo model (shapes)",
-        "modelspec.architecture": "stable-diffusion-v1",
-        "modelspec.description": "Palette's tiny demo model: one coloured shape on a flat background, "
-                                 "trained from scratch by tools/train_demo_model.py. Not a general model.",
-        "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
-        "modelspec.prediction_type": "epsilon",
-        "palette.training": json.dumps({
-            "command": " ".join(["tools/train_demo_model.py", *(argv if argv is not None else sys.argv[1:])]),
-            "recipe": asdict(recipe),
-            "seconds": round(elapsed),
-            "vae_seconds": round(t_vae),
-            "vae": vae_note,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "bf16_autocast": use_bf16,
-        }),
-    }
-    save_checkpoint(args.out, unet, vae, text_model, metadata)
+    save_checkpoint(args.out, unet, vae, text_model, metadata(recipe.unet_steps))
     log(f"training took {elapsed / 60:.1f} min")
     if not args.no_grid and not args.quick:
         draw_grid(args.out, args.grid_out)
