@@ -208,6 +208,15 @@ class Engine:
 
         return [*LATENT_UPSCALE_MODES, *self.upscalers.names()]
 
+    def validate(self, request: GenerationRequest) -> None:
+        """Every check that needs no model: the fields, upscaler names, LoRA names. Raises RequestError
+        naming the field; the queue calls it at submit so a bad job never waits in line."""
+        from modules.networks import check_request
+        from modules.validation import validate_request
+
+        validate_request(request, upscalers=self.hr_upscaler_names())
+        check_request(self.networks, request)
+
     def model_hash(self, path: Path) -> str:
         return (self.hashes.sha256(path) or "")[:10]
 
@@ -287,11 +296,8 @@ class Engine:
     ) -> Result:
         """Run one job on the worker thread. Settings are frozen for the job (with its overrides)."""
         from modules import pipeline
-        from modules.networks import check_request
-        from modules.validation import validate_request
 
-        validate_request(request, upscalers=self.hr_upscaler_names())  # before any model is loaded
-        check_request(self.networks, request)  # unknown LoRA names too
+        self.validate(request)  # before any model is loaded
         settings = self.settings.with_overrides(request.override_settings) if request.override_settings else self.settings
         if request.checkpoint:
             bundle = self.select_checkpoint(request.checkpoint)

@@ -332,12 +332,12 @@ def generate(
                 samples = part.final(samples)
             decoded = vae.decode(samples, tile_latent=max(settings.vae_tile_size // 8, 32))
             pictures = tensor_to_pil(decoded)
+            if part is not None:  # inpaint: back to the full canvas, the original pasted over the unmasked part
+                pictures = [part.finish(picture, j) for j, picture in enumerate(pictures)]
             if progress is not None and not interrupted:  # (interrupted: the Result follows at once)
                 progress(ProgressEvent(0, 0, it, request.n_iter, images=tuple(pictures)))
             for j, picture in enumerate(pictures):
                 index = it * request.batch_size + j
-                if part is not None:
-                    picture = part.finish(picture, j)
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
                                  first, settings,
                                  {**nets.infotext_params(), **(masked.infotext if masked is not None else {})})

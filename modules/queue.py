@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator
 
 from modules.engine import CancelToken
 from modules.types import GenerationRequest, ProgressEvent, Result
-from modules.validation import validate_request
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +288,7 @@ class JobQueue:
         `restore_checkpoint`: then the model current before the job is selected again afterwards."""
         if not isinstance(request, GenerationRequest):
             raise TypeError(f"submit() takes a GenerationRequest, got {type(request).__name__}")
-        names = getattr(self.engine, "hr_upscaler_names", None)
-        validate_request(request, upscalers=names() if names else None)
+        self.engine.validate(request)
         return self._enqueue(Job(request, owner=owner, restore_checkpoint=restore_checkpoint))
 
     def submit_task(self, fn: Callable[[], Any], *, label: str, owner: str | None = None) -> Job:

@@ -133,6 +133,21 @@ def test_unknown_lora_is_named_before_the_model_loads(tmp_path, root):
         engine.generate(_req(prompt="<lora:detail:1:abc>"))
 
 
+def test_unknown_lora_is_refused_at_queue_submit(root):
+    from modules.queue import JobQueue
+
+    engine = Engine(ModelPaths.create(root), plan=PLAN, outputs_root=root)
+    queue = JobQueue(engine, max_size=4)
+    try:
+        with pytest.raises(RequestError, match="unknown LoRA 'detial'; did you mean: detail"):
+            queue.submit(_req(prompt="x <lora:detial:1>"))
+        with pytest.raises(RequestError, match="hr_upscaler"):
+            queue.submit(_req(enable_hr=True, hr_upscaler="No such upscaler"))
+        assert queue.list_jobs() == []  # nothing waits in line for a job that cannot run
+    finally:
+        queue.shutdown()
+
+
 def test_lora_for_another_family_is_refused(engine):
     with pytest.raises(RequestError) as err:
         engine.generate(_req(prompt="x <lora:xl-style:1>"))

@@ -27,7 +27,7 @@ from modules.paths import ModelPaths, safe_join
 from modules.prompts import parse_extra_networks
 from modules.tokenizer import default_tokenizer
 from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
-from modules.validation import RequestError
+from modules.validation import RequestError, validate_request
 
 NETWORK_EXTENSIONS = {"lora": (".safetensors", ".pt", ".ckpt"), "embeddings": (".safetensors", ".pt", ".bin")}
 PREVIEW_SUFFIXES = (".png", ".preview.png", ".jpg", ".jpeg", ".preview.jpg", ".webp")
@@ -186,6 +186,15 @@ class FakeEngine:
         return ["Automatic", "Karras", "Exponential"]
 
     # generation
+    def validate(self, request: GenerationRequest) -> None:
+        """As the Engine's: the fields, upscaler names, and LoRA names (files in models/Lora)."""
+        validate_request(request, upscalers=self.hr_upscaler_names())
+        known = {entry.name for entry in self.list_loras()}
+        for params in parse_extra_networks(request.prompt)[1].get("lora", []):
+            name = params.positional[0] if params.positional else ""
+            if name not in known:
+                raise RequestError("prompt", f"LoRA {name!r} not found in {self.paths.folder('lora')}")
+
     def generate(self, request: GenerationRequest, *, progress: Callable[[ProgressEvent], None] | None = None,
                  cancel: CancelToken | None = None) -> Result:
         self.calls.append(request)
@@ -199,11 +208,7 @@ class FakeEngine:
             raise RuntimeError("the fake engine was asked to fail")
         if "nan" in prompt.split():
             raise FloatingPointError("A tensor with all NaNs was produced in Unet")
-        known = {entry.name for entry in self.list_loras()}
-        for params in parse_extra_networks(request.prompt)[1].get("lora", []):
-            name = params.positional[0] if params.positional else ""
-            if name not in known:
-                raise RequestError("prompt", f"LoRA {name!r} not found in {self.paths.folder('lora')}")
+        self.validate(request)
         info = self.select_checkpoint(request.checkpoint) if request.checkpoint else self.current_bundle()
         cancel = cancel or CancelToken()
         step_time = self.slow_step if "slow" in prompt else self.step_time

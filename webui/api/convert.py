@@ -12,7 +12,7 @@ from typing import Any
 from modules.config import Settings
 from modules.types import GenerationRequest, Result
 from modules.sd_upscale import is_script as is_sd_upscale
-from modules.validation import RequestError, validate_request
+from modules.validation import RequestError
 from webui.api.context import ApiContext, JobMeta, jsonable
 from webui.api.images import decode_image, encode_png
 from webui.api.models import GenerationFields
@@ -141,8 +141,7 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
     if img2img:
         values.update(_img2img_values(body))
     request = GenerationRequest(**values)
-    names = getattr(ctx.engine, "hr_upscaler_names", None)
-    validate_request(request, upscalers=names() if names else None)
+    ctx.engine.validate(request)
     restore = checkpoint is not None and body.override_settings_restore_afterwards
     return request, JobMeta(echo(body), notes, restore_checkpoint=restore)
 
