@@ -26,15 +26,22 @@ LATENT_UPSCALE_MODES = (
 PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest", "Bicubic")
 
 
-@dataclass(frozen=True)
 class RequestError(ValueError):
-    """A request field with an unusable value."""
+    """A request field with an unusable value. (A plain exception, not a frozen dataclass: Python sets
+    `__traceback__` on exceptions that pass through context managers, which a frozen one refuses.)"""
 
-    field: str
-    message: str
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.field = field
+        self.message = message
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestError) and (self.field, self.message) == (other.field, other.message)
+
+    __hash__ = ValueError.__hash__
 
 
 def _finite(name: str, value: float, lo: float, hi: float) -> None:

@@ -63,8 +63,11 @@ def test_job_runs_on_the_override_model_and_the_previous_one_comes_back(setup):
 def test_a_failed_job_also_restores(setup):
     _, engine, queue = setup
     engine.select_checkpoint("a.safetensors")
-    job = run(queue, request(checkpoint="b.safetensors", prompt="<lora:missing:1> x"), restore_checkpoint=True)
-    assert job.status == FAILED and "prompt" in job.error
+    broken = engine.paths.folder("esrgan") / "broken.pth"  # passes validation (the name exists), fails to load
+    broken.parent.mkdir(parents=True, exist_ok=True)
+    broken.write_bytes(b"not a pickle")
+    job = run(queue, request(checkpoint="b.safetensors", enable_hr=True, hr_upscaler="broken"), restore_checkpoint=True)
+    assert job.status == FAILED and "broken.pth" in job.error
     assert engine.current_checkpoint.name == "a.safetensors"
 
 

@@ -122,3 +122,20 @@ def test_interrupt_keeps_the_image_made_so_far(engine):
 def test_unknown_lora_is_a_named_request_error(engine):
     with pytest.raises(RequestError, match="prompt: unknown LoRA 'foo'; no LoRA files found in"):
         engine.generate(_req(checkpoint="tiny-sd1.safetensors", prompt="a cat <lora:foo:0.8>"))
+
+
+def test_request_error_passes_through_context_managers_unchanged():
+    """A bad field found inside `with model.applied():` must reach the user as the same RequestError
+    (a frozen exception turned into FrozenInstanceError there)."""
+    import contextlib
+
+    from modules.validation import RequestError
+
+    @contextlib.contextmanager
+    def applied():
+        yield
+
+    with pytest.raises(RequestError) as err:
+        with applied():
+            raise RequestError("prompt", "unknown LoRA 'x'")
+    assert str(err.value) == "prompt: unknown LoRA 'x'" and err.value.field == "prompt"
