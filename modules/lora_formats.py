@@ -125,18 +125,17 @@ def _sized(numel: int | None, out: int | None = None) -> Callable[[tuple[int, ..
     return fits
 
 
-def _lora(p: Mapping[str, Value], scale: float | None, dyn: int | None) -> Adapter:
+def _lora(p: Mapping[str, Value], dyn: int | None) -> Adapter:
     up, down, mid = p["lora_up"], p["lora_down"], p.get("lora_mid")
     rank = _shape(down)[0]
-    factor = scale if scale is not None else 1.0
 
     def delta(w: torch.Tensor) -> torch.Tensor:
         u, d = _flat(_load(up, w)), _flat(_load(down, w))
         if mid is not None:
-            return factor * torch.einsum("n m k l, i n, m j -> i j k l", _load(mid, w), u, d)
+            return torch.einsum("n m k l, i n, m j -> i j k l", _load(mid, w), u, d)
         if dyn is not None and 0 < dyn < rank:  # A1111's dynamic rank: the first `dyn` components
             u, d = u[:, :dyn], d[:dyn]
-        return factor * (u @ d)
+        return u @ d
 
     out = _shape(up)[0]
     if mid is not None:
@@ -146,9 +145,7 @@ def _lora(p: Mapping[str, Value], scale: float | None, dyn: int | None) -> Adapt
     return Adapter("lora", delta, None, _sized(numel, out), frozenset({"lora_up", "lora_down", "lora_mid"} & set(p)))
 
 
-def _loha(p: Mapping[str, Value], scale: float | None) -> Adapter:
-    factor = scale if scale is not None else 1.0
-
+def _loha(p: Mapping[str, Value]) -> Adapter:
     def half(w: torch.Tensor, a: str, b: str, t: str) -> torch.Tensor:
         if t in p:
             return tucker(_load(p[t], w), _load(p[a], w), _load(p[b], w))
@@ -157,7 +154,7 @@ def _loha(p: Mapping[str, Value], scale: float | None) -> Adapter:
     def delta(w: torch.Tensor) -> torch.Tensor:
         one = half(w, "hada_w1_a", "hada_w1_b", "hada_t1")
         two = half(w, "hada_w2_a", "hada_w2_b", "hada_t2")
-        return factor * (one.reshape(w.shape) * two.reshape(w.shape))
+        return one.reshape(w.shape) * two.reshape(w.shape)
 
     if "hada_t1" in p:
         out = _shape(p["hada_w1_a"])[1]
@@ -169,9 +166,7 @@ def _loha(p: Mapping[str, Value], scale: float | None) -> Adapter:
     return Adapter("loha", delta, None, _sized(numel, out), frozenset(used))
 
 
-def _lokr(p: Mapping[str, Value], scale: float | None) -> Adapter:
-    factor = scale if scale is not None else 1.0
-
+def _lokr(p: Mapping[str, Value]) -> Adapter:
     def w1(w: torch.Tensor) -> torch.Tensor:
         return _load(p["lokr_w1"], w) if "lokr_w1" in p else _flat(_load(p["lokr_w1_a"], w)) @ _flat(_load(p["lokr_w1_b"], w))
 
@@ -186,7 +181,7 @@ def _lokr(p: Mapping[str, Value], scale: float | None) -> Adapter:
         a, b = w1(w), w2(w)
         if b.dim() == 4:
             a = a.reshape(*a.shape, 1, 1)
-        return factor * torch.kron(a, b.contiguous()).reshape(w.shape)
+        return torch.kron(a, b.contiguous()).reshape(w.shape)
 
     s1 = _shape(p["lokr_w1"]) if "lokr_w1" in p else (_shape(p["lokr_w1_a"])[0], _numel(_shape(p["lokr_w1_b"])[1:]))
     if "lokr_w2" in p:
@@ -228,9 +223,18 @@ def _full(p: Mapping[str, Value], weight_part: str, bias_part: str, kind: str) -
     return Adapter(kind, weight, bias, _sized(numel), frozenset({weight_part, bias_part} & set(p)))
 
 
+def scaled(adapter: Adapter, factor: float) -> Adapter:
+    """The adapter's weight delta times `factor` (alpha / rank, or the file's `scale`)."""
+    inner = adapter.weight
+    if inner is None or factor == 1.0:
+        return adapter
+    return replace(adapter, weight=lambda w: factor * inner(w))
+
+
 def with_dora(adapter: Adapter, magnitude: Value) -> Adapter:
     """Weight-decomposed LoRA (Liu et al. 2024, arXiv:2402.09353): the direction of W + Δ with the
-    trained magnitude; the axis follows the magnitude's shape."""
+    trained magnitude; the axis follows the magnitude's shape. As A1111's `apply_weight_decompose`,
+    Δ here is the raw product (before alpha / rank), and the result is scaled afterwards."""
     inner = adapter.weight
     m_shape = _shape(magnitude)
 
@@ -263,10 +267,13 @@ def make_adapter(parts: Mapping[str, Value], *, dyn: int | None = None) -> Adapt
         return alpha / rank if (alpha is not None and rank) else None
 
     adapter: Adapter | None = None
+    factor: float | None = None  # alpha / rank (or `scale`), applied after DoRA as A1111 does
     if {"lora_up", "lora_down"} <= names:
-        adapter = _lora(parts, alpha_over(_shape(parts["lora_down"])[0]), dyn)
+        adapter = _lora(parts, dyn)
+        factor = alpha_over(_shape(parts["lora_down"])[0])
     elif {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= names:
-        adapter = _loha(parts, alpha_over(_shape(parts["hada_w1_b"])[0]))
+        adapter = _loha(parts)
+        factor = alpha_over(_shape(parts["hada_w1_b"])[0])
     elif ("lokr_w1" in names or {"lokr_w1_a", "lokr_w1_b"} <= names) and (
             "lokr_w2" in names or {"lokr_w2_a", "lokr_w2_b"} <= names):
         rank = None
@@ -274,7 +281,8 @@ def make_adapter(parts: Mapping[str, Value], *, dyn: int | None = None) -> Adapt
             rank = _shape(parts["lokr_w1_b"])[0]
         if "lokr_w2_b" in names:
             rank = _shape(parts["lokr_w2_b"])[0]
-        adapter = _lokr(parts, alpha_over(rank))
+        adapter = _lokr(parts)
+        factor = alpha_over(rank)
     elif {"weight", "on_input"} <= names:
         adapter = _ia3(parts)
     elif "diff" in names or "diff_b" in names:
@@ -285,4 +293,6 @@ def make_adapter(parts: Mapping[str, Value], *, dyn: int | None = None) -> Adapt
         return None
     if "dora_scale" in names and adapter.weight is not None:
         adapter = with_dora(adapter, parts["dora_scale"])
+    if factor is not None:
+        adapter = scaled(adapter, factor)
     return replace(adapter, used=adapter.used | ({"alpha", "scale"} & names))

@@ -317,10 +317,12 @@ def test_dora_on_input_and_output_axis(sd1, tmp_path):
     before = {m: weight(sd1, m) for m in (TO_Q, TO_K2)}
     got = patched_weights(apply(sd1, path, unet=0.6), TO_Q, TO_K2)
 
+    # A1111's apply_weight_decompose: normalise W + up@down (the raw product), then scale the change by
+    # alpha / rank (here 2/4) and the strength.
     w = before[TO_Q]
-    merged = w + (2.0 / 4) * tensors[f"{q}.lora_up.weight"] @ tensors[f"{q}.lora_down.weight"]
+    merged = w + tensors[f"{q}.lora_up.weight"] @ tensors[f"{q}.lora_down.weight"]
     column_norm = torch.sqrt((merged ** 2).sum(dim=0, keepdim=True))  # ‖·‖ over outputs, per input
-    close(got[TO_Q], w + 0.6 * (tensors[f"{q}.dora_scale"] * merged / column_norm - w))
+    close(got[TO_Q], w + 0.6 * (2.0 / 4) * (tensors[f"{q}.dora_scale"] * merged / column_norm - w))
     w = before[TO_K2]
     merged = w + (4.0 / 4) * tensors[f"{k2}.lora_up.weight"] @ tensors[f"{k2}.lora_down.weight"]
     row_norm = torch.sqrt((merged ** 2).sum(dim=1, keepdim=True))
