@@ -17,6 +17,7 @@ from typing import Any, Callable, Collection, Mapping
 
 from PIL import Image, PngImagePlugin
 
+from modules.types import ProgressEvent
 from modules.validation import MAX_SIDE, RequestError
 
 MAX_RESULT_PIXELS = 4 * MAX_SIDE * MAX_SIDE
@@ -178,12 +179,16 @@ class ExtrasResult:
 
 
 def run(engine: Any, sources: list[tuple[Image.Image, str]], opts: ExtrasOptions, *, save_output: bool,
-        on_progress: Callable[[int, int], None] | None = None) -> ExtrasResult:
-    """The job the worker runs: each (image, name) upscaled; saved to the extras folder when asked."""
+        progress: Callable[[ProgressEvent], None] | None = None, cancel: Any = None) -> ExtrasResult:
+    """The job the worker runs (a queue task with `pass_job=True`): each (image, name) upscaled and
+    saved to the extras folder when asked. An interrupt stops before the next image; the images
+    finished so far are kept. Progress counts images (step = images done)."""
     validate(opts, engine.upscalers.names())
     images, texts, paths = [], [], []
     settings = engine.settings
     for index, (image, name) in enumerate(sources):
+        if cancel is not None and cancel.interrupted.is_set():
+            break
         result, info = upscale(engine.upscalers, image, opts)
         images.append(result)
         texts.append(info)
@@ -192,6 +197,6 @@ def run(engine: Any, sources: list[tuple[Image.Image, str]], opts: ExtrasOptions
             fmt = settings.samples_format if settings.samples_format in ("png", "jpg", "webp") else "png"
             paths.append(save(result, folder, info, source_chunks=text_chunks(image), basename=Path(name).stem if name else "",
                               fmt=fmt))
-        if on_progress:
-            on_progress(index + 1, len(sources))
+        if progress is not None:
+            progress(ProgressEvent(index + 1, len(sources), images=(result,)))
     return ExtrasResult(tuple(images), tuple(texts), tuple(paths))

@@ -6,6 +6,7 @@ is read only inside Palette's data folder.
 """
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 from typing import Any, Iterator
@@ -111,9 +112,9 @@ def build(ctx: UIContext) -> None:
         try:
             extras.validate(opts, ctx.engine.upscalers.names())
             items = sources_for(ctx, source, image, files, input_dir)
-            job = ctx.queue.submit_task(lambda: extras.run(ctx.engine, items, opts, save_output=True),
+            job = ctx.queue.submit_task(functools.partial(extras.run, ctx.engine, items, opts, save_output=True),
                                         label=f"Upscale {len(items)} image(s) with {opts.upscaler_1}",
-                                        owner=owner_of(request))
+                                        owner=owner_of(request), pass_job=True)
         except (RequestError, QueueFullError) as exc:
             message = exc.message if isinstance(exc, RequestError) else str(exc)
             yield {progress: error_html(message)}
