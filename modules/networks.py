@@ -157,9 +157,12 @@ class NetworkRegistry:
         return NetworkEntry(entry.name, entry.kind, entry.path, entry.family, cached_hash, find_preview(path), entry.metadata)
 
     def _embedding_entry(self, path: Path) -> NetworkEntry:
-        vectors = self._load_embedding(path)
+        """The file is read once per version (the vectors are cached for generation too); the metadata
+        holds A1111's listed fields (`vectors`, `shape`, `step`, `sd_checkpoint`, `sd_checkpoint_name`)."""
+        vectors, details = self._load_embedding_details(path)
         family = emb.embedding_family(vectors)
-        return NetworkEntry(path.stem, "embedding", path, family, self._known_hash(path, addnet=False), find_preview(path), {})
+        return NetworkEntry(path.stem, "embedding", path, family, self._known_hash(path, addnet=False), find_preview(path),
+                            details)
 
     def _known_hash(self, path: Path, *, addnet: bool) -> str | None:
         digest = self.hashes.sha256(path, compute=False, addnet=addnet) if self.hashes else None
@@ -236,11 +239,14 @@ class NetworkRegistry:
 
     # ---- embeddings -----------------------------------------------------------------------------
     def _load_embedding(self, path: Path) -> TextualInversion:
+        return self._load_embedding_details(path)[0]
+
+    def _load_embedding_details(self, path: Path) -> tuple[TextualInversion, dict[str, str]]:
         stat = stat_key(path)
         hit = self._vectors.get(path)
         if hit is None or hit.stat != stat:
             try:
-                hit = _Cached(stat, emb.read_embedding(path))
+                hit = _Cached(stat, emb.read_embedding_details(path))
             except WeightFileError as exc:
                 hit = _Cached(stat, exc)
             self._vectors[path] = hit

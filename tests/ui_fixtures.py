@@ -36,6 +36,17 @@ _WEIGHTS = re.compile(r":\s*-?[\d.]+\s*(?=[)\]])")
 _SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")
 
 
+def embedding_metadata(path: Path) -> dict[str, str]:
+    """What the real registry lists for an embedding file (read the same way); {} when unreadable."""
+    from modules.embeddings import read_embedding_details
+    from modules.weights_io import WeightFileError
+
+    try:
+        return read_embedding_details(path)[1]
+    except (OSError, WeightFileError):
+        return {}
+
+
 def rough_token_count(text: str) -> int:
     """CLIP tokens after dropping `<lora:…>` tags, `:1.2` weights and brackets (near A1111's count)."""
     plain = _SYNTAX.sub(" ", _WEIGHTS.sub("", _TAGS.sub("", text)))
@@ -141,7 +152,7 @@ class FakeEngine:
             for path in self.paths.list_files(kind, NETWORK_EXTENSIONS[kind]):
                 stem = path.name[: -len(path.suffix)]
                 preview = next((path.with_name(stem + s) for s in PREVIEW_SUFFIXES if path.with_name(stem + s).is_file()), None)
-                metadata = {"ss_output_name": f"{stem}-alias"} if kind == "lora" else {"vectors": "2", "shape": "768"}
+                metadata = {"ss_output_name": f"{stem}-alias"} if kind == "lora" else embedding_metadata(path)
                 entries.append(NetworkEntry(stem, label, path, family="sd1", hash=f"{abs(hash(stem)) % 16**12:012x}",
                                             preview=preview, metadata=metadata))
             found[kind] = entries
