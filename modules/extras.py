@@ -8,17 +8,21 @@ and `extras`, as A1111 writes them. Face restoration is not available (see the R
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from PIL import Image, PngImagePlugin
 
+from modules.paths import FOLDERS, within
 from modules.types import ProgressEvent
 from modules.validation import MAX_SIDE, RequestError
+
+log = logging.getLogger(__name__)
 
 MAX_RESULT_PIXELS = 4 * MAX_SIDE * MAX_SIDE
 MAX_FOLDER_IMAGES = 1000
@@ -116,23 +120,47 @@ def upscale(registry: Any, image: Image.Image, opts: ExtrasOptions, *,
 
 # ---- folders and saving ----------------------------------------------------------------------------
 
-def allowed_folder(root: Path, text: str, field: str) -> Path:
-    """A server folder named by the user, accepted only inside Palette's data folder."""
+def input_roots(engine: Any, data_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(roots, refused) for "Batch from Directory": Palette's data folder and the output folders may be
+    read; no model folder may, even where it lies inside the data folder (the default layout)."""
+    settings = engine.settings
+    roots = [Path(data_dir)]
+    for name in ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids"):
+        try:
+            roots.append(engine.output_dir(getattr(settings, name)))
+        except (AttributeError, ValueError):  # an unset or unsafe setting adds nothing
+            continue
+    paths = engine.paths
+    refused = [Path(paths.models_dir), *(folder for kind in FOLDERS for folder in paths.folders(kind))]
+    return roots, refused
+
+
+def allowed_folder(roots: Sequence[Path], text: str, field: str, *, refused: Sequence[Path] = ()) -> Path:
+    """A server folder named by the user (relative to the first root), accepted only inside `roots`
+    and outside `refused`, symlinks resolved."""
     if not text or not text.strip() or "\x00" in text:
         raise RequestError(field, "give a folder path")
-    base = Path(root).resolve()
     path = Path(text.strip()).expanduser()
-    path = (path if path.is_absolute() else base / path).resolve()
-    if path != base and base not in path.parents:
-        raise RequestError(field, f"{text!r} is outside Palette's data folder {base}; only folders inside it are read")
+    path = (path if path.is_absolute() else Path(roots[0]) / path).resolve()
+    if not within(path, roots) or within(path, refused):
+        raise RequestError(field, f"{text!r} is outside Palette's data and output folders ({Path(roots[0]).resolve()}) "
+                                  "or inside a model folder; only those folders are read")
     if not path.is_dir():
         raise RequestError(field, f"{text!r} is not a folder")
     return path
 
 
-def folder_images(folder: Path) -> list[Path]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.name.lower())
+def folder_images(folder: Path, roots: Sequence[Path], *, refused: Sequence[Path] = ()) -> list[Path]:
+    """The folder's images; a file (or symlink) that leads outside `roots` or into `refused` is left out."""
+    files = []
+    for path in folder.iterdir():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if not within(path, roots) or within(path, refused):
+            log.warning("not reading %s: it leads outside the allowed folders", path)
+            continue
+        files.append(path.resolve())
+    files.sort(key=lambda p: p.name.lower())
     if len(files) > MAX_FOLDER_IMAGES:
         raise RequestError("input_dir", f"{len(files)} images; at most {MAX_FOLDER_IMAGES} per batch")
     if not files:

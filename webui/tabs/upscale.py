@@ -42,8 +42,9 @@ def _open(path: str) -> tuple[Image.Image, str]:
 def sources_for(ctx: UIContext, source: str, image: Any, files: Any, input_dir: str) -> list[tuple[Image.Image, str]]:
     """The images the chosen source tab holds; a clear error when it holds none."""
     if source == "folder":
-        folder = extras.allowed_folder(Path(ctx.data_dir), input_dir, "input_dir")
-        return [_open(str(p)) for p in extras.folder_images(folder)]
+        roots, refused = extras.input_roots(ctx.engine, Path(ctx.data_dir))
+        folder = extras.allowed_folder(roots, input_dir, "input_dir", refused=refused)
+        return [_open(str(p)) for p in extras.folder_images(folder, roots, refused=refused)]
     if source == "batch":
         paths = [f if isinstance(f, str) else getattr(f, "name", None) for f in (files or [])]
         if not [p for p in paths if p]:
