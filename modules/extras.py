@@ -9,14 +9,11 @@ and `extras`, as A1111 writes them. Face restoration is not available (see the R
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from modules.paths import FOLDERS, within
 from modules.types import ProgressEvent
@@ -31,7 +28,6 @@ FACE_RESTORATION_UNAVAILABLE = (
     "face restoration is not available in Palette (GFPGAN and CodeFormer need a face detector and "
     "landmark model that cannot be shipped or downloaded; see the README); send 0"
 )
-_SAVE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -174,29 +170,15 @@ def text_chunks(image: Image.Image) -> dict[str, str]:
 
 def save(image: Image.Image, folder: Path, info: str, *, source_chunks: Mapping[str, str] | None = None,
          basename: str = "", fmt: str = "png") -> Path:
-    """`folder/NNNNN[-basename].png` with the source's chunks plus `postprocessing`/`extras` (A1111)."""
-    from modules.infotext import save_with_infotext
-    from modules.outputs import next_number
+    """`folder/NNNNN[-basename].png` with the source's chunks plus `postprocessing`/`extras` (A1111);
+    JPEG/WEBP keep one text: the source's parameters, else the postprocess line."""
+    from modules.outputs import NameContext, save_image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = "".join(c for c in basename if c.isalnum() or c in " ._-")[:80].strip(" .")
-    with _SAVE_LOCK:
-        final = folder / (f"{next_number(folder):05d}" + (f"-{stem}" if stem else "") + f".{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
-        os.close(fd)
-        try:
-            if fmt == "png":
-                pnginfo = PngImagePlugin.PngInfo()
-                for key, value in {**(source_chunks or {}), "postprocessing": info, "extras": info}.items():
-                    pnginfo.add_text(key, value)
-                image.save(tmp, format="PNG", pnginfo=pnginfo)
-            else:  # JPEG/WEBP keep one text: the source's parameters, else the postprocess line
-                save_with_infotext(image, Path(tmp), (source_chunks or {}).get("parameters") or info)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return final
+    source = dict(source_chunks or {})
+    parameters = source.pop("parameters", None)
+    return save_image(image, folder, NameContext(seed=0), infotext=parameters if fmt == "png" else (parameters or info),
+                      chunks={**source, "postprocessing": info, "extras": info}, stem=basename, fmt=fmt,
+                      per_date_folder=False)
 
 
 @dataclass(frozen=True)
