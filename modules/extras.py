@@ -165,6 +165,7 @@ def folder_images(folder: Path, roots: Sequence[Path], *, refused: Sequence[Path
 
 
 def text_chunks(image: Image.Image) -> dict[str, str]:
+    """An image's PNG text chunks (`parameters`, `postprocessing`, …); the API's png-info reads them too."""
     return {str(k): v for k, v in (image.info or {}).items() if isinstance(v, str)}
 
 

@@ -15,7 +15,8 @@ from modules.validation import RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, failed_job, info_json
 from modules import extras, sd_upscale
-from webui.api.images import decode_image, encode_png, text_chunks
+from modules.extras import text_chunks
+from webui.api.images import decode_image, encode_png
 from webui.api.models import (
     ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest, ExtrasSingleImageResponse,
     GenerationFields, GenerationResponse, Img2ImgRequest, PNGInfoRequest, PNGInfoResponse, ProgressResponse,
