@@ -11,6 +11,22 @@ from webui import bindings
 from webui.extra_networks import PreviewThumbnails
 
 
+def test_previews_follow_networks_find_preview_everywhere(tmp_path):
+    lora = tmp_path / "models" / "Lora"
+    lora.mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (lora / f"{name}.safetensors").write_bytes(b"x")
+    Image.new("RGB", (8, 8)).save(lora / "a.preview.webp")  # the old fake engine's list missed these
+    Image.new("RGB", (8, 8)).save(lora / "b.preview.jpeg")
+    Image.new("RGB", (8, 8)).save(lora / "c.gif", format="GIF")  # find_preview never returns a .gif
+    real = {e.name: e.preview for e in networks.NetworkRegistry(ModelPaths.create(tmp_path), None).list_loras()}
+    fake = {e.name: e.preview for e in FakeEngine(tmp_path).list_loras()}
+    assert fake == real == {"a": lora / "a.preview.webp", "b": lora / "b.preview.jpeg", "c": None}
+    thumbs = PreviewThumbnails()
+    assert thumbs.data_uri(lora / "a.preview.webp", [lora]) is not None
+    assert thumbs.data_uri(lora / "c.gif", [lora]) is None  # the UI shows only what find_preview can return
+
+
 def test_png_text_chunks_have_one_reader():
     from webui.api import images, routes_generate
     from modules import extras

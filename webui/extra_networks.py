@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from modules.networks import PREVIEW_SUFFIXES
 from modules.paths import within
 from modules.types import NetworkEntry
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 192
 THUMBNAILS_KEPT = 1024
-PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 MAX_PREVIEW_BYTES = 32 * 1024 * 1024
 FOLDER_KIND = {"lora": "lora", "embedding": "embeddings"}  # NetworkEntry.kind → ModelPaths kind
 KINDS = (("lora", "Lora"), ("embedding", "Textual Inversion"))
@@ -56,7 +56,7 @@ class PreviewThumbnails:
 
     def data_uri(self, preview: Path | None, roots: Sequence[Path]) -> str | None:
         """None when there is no usable preview, or when it lies outside `roots` (the model folders)."""
-        if preview is None or preview.suffix.lower() not in PREVIEW_SUFFIXES or not within(preview, roots):
+        if preview is None or not preview.name.lower().endswith(PREVIEW_SUFFIXES) or not within(preview, roots):
             return None
         try:
             stat = preview.stat()
