@@ -27,6 +27,13 @@ def test_previews_follow_networks_find_preview_everywhere(tmp_path):
     assert thumbs.data_uri(lora / "c.gif", [lora]) is None  # the UI shows only what find_preview can return
 
 
+def test_pixel_upscaler_names_have_one_source():
+    assert tuple(upscalers.PIL_FILTERS) == validation.PIXEL_UPSCALERS
+    assert upscalers.PIL_FILTERS["Nearest"] == Image.Resampling.NEAREST
+    assert upscalers.PIL_FILTERS["None"] == Image.Resampling.LANCZOS
+    assert bindings.HR_UPSCALERS == validation.LATENT_UPSCALE_MODES + validation.PIXEL_UPSCALERS
+
+
 def test_png_text_chunks_have_one_reader():
     from webui.api import images, routes_generate
     from modules import extras
