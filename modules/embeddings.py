@@ -22,6 +22,8 @@ from modules.weights_io import SafetensorsFile, WeightFileError, load_pickle_obj
 EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors")
 SDXL_ROLES = ("clip_l", "clip_g")
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2"}
+DETAIL_KEYS = ("step", "sd_checkpoint", "sd_checkpoint_name")  # A1111 .pt fields listed by the API
+DETAIL_MAX_CHARS = 256
 
 
 class EmbeddingFileError(WeightFileError):
@@ -68,6 +70,11 @@ def embedding_from_data(data: Any, path: Path, name: str | None = None) -> Textu
 
 def read_embedding(path: Path) -> TextualInversion:
     """Read one embedding file; raises WeightFileError naming the file when it cannot be used."""
+    return read_embedding_details(path)[0]
+
+
+def read_embedding_details(path: Path) -> tuple[TextualInversion, dict[str, str]]:
+    """The vectors and what A1111 lists about the file (`/sdapi/v1/embeddings`): see `embedding_details`."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -77,7 +84,26 @@ def read_embedding(path: Path) -> TextualInversion:
         data = load_pickle_object(path)
     else:
         raise EmbeddingFileError(f"{path.name}: unsupported embedding file type {suffix!r} (use .pt, .bin or .safetensors)")
-    return embedding_from_data(data, path)
+    embedding = embedding_from_data(data, path)
+    return embedding, embedding_details(embedding, data)
+
+
+def embedding_details(embedding: TextualInversion, data: Mapping[str, Any]) -> dict[str, str]:
+    """A1111's `Embedding` fields as strings: `vectors` (token slots), `shape` (vector width; clip_l +
+    clip_g widths summed for SDXL, as A1111 does), and `step`, `sd_checkpoint`, `sd_checkpoint_name`
+    when the file stores them (A1111's own .pt training output does)."""
+    if isinstance(embedding.vectors, torch.Tensor):
+        width = int(embedding.vectors.shape[-1])
+    else:
+        width = sum(int(v.shape[-1]) for v in embedding.vectors.values())
+    out = {"vectors": str(embedding.count), "shape": str(width)}
+    for key in DETAIL_KEYS:
+        value = data.get(key)
+        if value is not None and not isinstance(value, torch.Tensor):
+            text = "".join(c for c in str(value) if c >= " ")[:DETAIL_MAX_CHARS]
+            if text:
+                out[key] = text
+    return out
 
 
 def embedding_family(embedding: TextualInversion) -> str | None:

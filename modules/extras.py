@@ -8,16 +8,18 @@ and `extras`, as A1111 writes them. Face restoration is not available (see the R
 """
 from __future__ import annotations
 
-import os
-import tempfile
-import threading
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from modules.paths import FOLDERS, within
+from modules.types import ProgressEvent
 from modules.validation import MAX_SIDE, RequestError
+
+log = logging.getLogger(__name__)
 
 MAX_RESULT_PIXELS = 4 * MAX_SIDE * MAX_SIDE
 MAX_FOLDER_IMAGES = 1000
@@ -26,7 +28,6 @@ FACE_RESTORATION_UNAVAILABLE = (
     "face restoration is not available in Palette (GFPGAN and CodeFormer need a face detector and "
     "landmark model that cannot be shipped or downloaded; see the README); send 0"
 )
-_SAVE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -115,23 +116,47 @@ def upscale(registry: Any, image: Image.Image, opts: ExtrasOptions, *,
 
 # ---- folders and saving ----------------------------------------------------------------------------
 
-def allowed_folder(root: Path, text: str, field: str) -> Path:
-    """A server folder named by the user, accepted only inside Palette's data folder."""
+def input_roots(engine: Any, data_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(roots, refused) for "Batch from Directory": Palette's data folder and the output folders may be
+    read; no model folder may, even where it lies inside the data folder (the default layout)."""
+    settings = engine.settings
+    roots = [Path(data_dir)]
+    for name in ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids"):
+        try:
+            roots.append(engine.output_dir(getattr(settings, name)))
+        except (AttributeError, ValueError):  # an unset or unsafe setting adds nothing
+            continue
+    paths = engine.paths
+    refused = [Path(paths.models_dir), *(folder for kind in FOLDERS for folder in paths.folders(kind))]
+    return roots, refused
+
+
+def allowed_folder(roots: Sequence[Path], text: str, field: str, *, refused: Sequence[Path] = ()) -> Path:
+    """A server folder named by the user (relative to the first root), accepted only inside `roots`
+    and outside `refused`, symlinks resolved."""
     if not text or not text.strip() or "\x00" in text:
         raise RequestError(field, "give a folder path")
-    base = Path(root).resolve()
     path = Path(text.strip()).expanduser()
-    path = (path if path.is_absolute() else base / path).resolve()
-    if path != base and base not in path.parents:
-        raise RequestError(field, f"{text!r} is outside Palette's data folder {base}; only folders inside it are read")
+    path = (path if path.is_absolute() else Path(roots[0]) / path).resolve()
+    if not within(path, roots) or within(path, refused):
+        raise RequestError(field, f"{text!r} is outside Palette's data and output folders ({Path(roots[0]).resolve()}) "
+                                  "or inside a model folder; only those folders are read")
     if not path.is_dir():
         raise RequestError(field, f"{text!r} is not a folder")
     return path
 
 
-def folder_images(folder: Path) -> list[Path]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-                   key=lambda p: p.name.lower())
+def folder_images(folder: Path, roots: Sequence[Path], *, refused: Sequence[Path] = ()) -> list[Path]:
+    """The folder's images; a file (or symlink) that leads outside `roots` or into `refused` is left out."""
+    files = []
+    for path in folder.iterdir():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file():
+            continue
+        if not within(path, roots) or within(path, refused):
+            log.warning("not reading %s: it leads outside the allowed folders", path)
+            continue
+        files.append(path.resolve())
+    files.sort(key=lambda p: p.name.lower())
     if len(files) > MAX_FOLDER_IMAGES:
         raise RequestError("input_dir", f"{len(files)} images; at most {MAX_FOLDER_IMAGES} per batch")
     if not files:
@@ -140,34 +165,21 @@ def folder_images(folder: Path) -> list[Path]:
 
 
 def text_chunks(image: Image.Image) -> dict[str, str]:
+    """An image's PNG text chunks (`parameters`, `postprocessing`, …); the API's png-info reads them too."""
     return {str(k): v for k, v in (image.info or {}).items() if isinstance(v, str)}
 
 
 def save(image: Image.Image, folder: Path, info: str, *, source_chunks: Mapping[str, str] | None = None,
          basename: str = "", fmt: str = "png") -> Path:
-    """`folder/NNNNN[-basename].png` with the source's chunks plus `postprocessing`/`extras` (A1111)."""
-    from modules.infotext import save_with_infotext
-    from modules.outputs import next_number
+    """`folder/NNNNN[-basename].png` with the source's chunks plus `postprocessing`/`extras` (A1111);
+    JPEG/WEBP keep one text: the source's parameters, else the postprocess line."""
+    from modules.outputs import NameContext, save_image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = "".join(c for c in basename if c.isalnum() or c in " ._-")[:80].strip(" .")
-    with _SAVE_LOCK:
-        final = folder / (f"{next_number(folder):05d}" + (f"-{stem}" if stem else "") + f".{fmt}")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
-        os.close(fd)
-        try:
-            if fmt == "png":
-                pnginfo = PngImagePlugin.PngInfo()
-                for key, value in {**(source_chunks or {}), "postprocessing": info, "extras": info}.items():
-                    pnginfo.add_text(key, value)
-                image.save(tmp, format="PNG", pnginfo=pnginfo)
-            else:  # JPEG/WEBP keep one text: the source's parameters, else the postprocess line
-                save_with_infotext(image, Path(tmp), (source_chunks or {}).get("parameters") or info)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return final
+    source = dict(source_chunks or {})
+    parameters = source.pop("parameters", None)
+    return save_image(image, folder, NameContext(seed=0), infotext=parameters if fmt == "png" else (parameters or info),
+                      chunks={**source, "postprocessing": info, "extras": info}, stem=basename, fmt=fmt,
+                      per_date_folder=False)
 
 
 @dataclass(frozen=True)
@@ -178,12 +190,16 @@ class ExtrasResult:
 
 
 def run(engine: Any, sources: list[tuple[Image.Image, str]], opts: ExtrasOptions, *, save_output: bool,
-        on_progress: Callable[[int, int], None] | None = None) -> ExtrasResult:
-    """The job the worker runs: each (image, name) upscaled; saved to the extras folder when asked."""
+        progress: Callable[[ProgressEvent], None] | None = None, cancel: Any = None) -> ExtrasResult:
+    """The job the worker runs (a queue task with `pass_job=True`): each (image, name) upscaled and
+    saved to the extras folder when asked. An interrupt stops before the next image; the images
+    finished so far are kept. Progress counts images (step = images done)."""
     validate(opts, engine.upscalers.names())
     images, texts, paths = [], [], []
     settings = engine.settings
     for index, (image, name) in enumerate(sources):
+        if cancel is not None and cancel.interrupted.is_set():
+            break
         result, info = upscale(engine.upscalers, image, opts)
         images.append(result)
         texts.append(info)
@@ -192,6 +208,6 @@ def run(engine: Any, sources: list[tuple[Image.Image, str]], opts: ExtrasOptions
             fmt = settings.samples_format if settings.samples_format in ("png", "jpg", "webp") else "png"
             paths.append(save(result, folder, info, source_chunks=text_chunks(image), basename=Path(name).stem if name else "",
                               fmt=fmt))
-        if on_progress:
-            on_progress(index + 1, len(sources))
+        if progress is not None:
+            progress(ProgressEvent(index + 1, len(sources), images=(result,)))
     return ExtrasResult(tuple(images), tuple(texts), tuple(paths))

@@ -71,15 +71,27 @@ class _Cached:
     value: Any
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """One scan of a kind's folders: the entries, and for embeddings the vectors by trigger word."""
+
+    stamp: Any  # what the scan was valid for (embeddings: the folders' mtimes); None: until refresh()
+    entries: tuple[NetworkEntry, ...]
+    lookup: Mapping[str, tuple[Path, TextualInversion]] = field(default_factory=dict)
+
+
 class NetworkRegistry:
-    """LoRA and embedding files of one installation; safe to call from any thread."""
+    """LoRA and embedding files of one installation; safe to call from any thread.
+
+    Files are read outside `_lock` (unpickling a .pt LoRA can take seconds) and the results swapped
+    in under it, so the UI's listing never blocks the worker's lookups, nor the other way round."""
 
     def __init__(self, paths: ModelPaths, hashes: Any) -> None:
         self.paths = paths
         self.hashes = hashes
         self._lock = threading.RLock()
-        self._loras: list[NetworkEntry] | None = None
-        self._embeddings: list[NetworkEntry] | None = None
+        self._listings: dict[str, _Listing] = {}
+        self._generation = 0  # bumped by refresh(): a scan started before it is not kept
         self._entry_cache: dict[Path, _Cached] = {}
         self._open: OrderedDict[tuple[str, int, int], LoraFile] = OrderedDict()
         self._vectors: dict[Path, _Cached] = {}
@@ -89,21 +101,52 @@ class NetworkRegistry:
     def refresh(self) -> None:
         """Forget the listings; the next call rescans the folders."""
         with self._lock:
-            self._loras = None
-            self._embeddings = None
+            self._listings.clear()
+            self._generation += 1
 
     def list_loras(self) -> list[NetworkEntry]:
-        with self._lock:
-            if self._loras is None:
-                self._loras = self._scan(self.paths.list_files("lora", LORA_EXTENSIONS), self._lora_entry)
-            return [self._with_known_hash(e, addnet=e.path.suffix.lower() == ".safetensors") for e in self._loras]
+        return [self._with_known_hash(e, addnet=e.path.suffix.lower() == ".safetensors")
+                for e in self._listing("lora").entries]
 
     def list_embeddings(self) -> list[NetworkEntry]:
+        return [self._with_known_hash(e, addnet=False) for e in self._listing("embeddings").entries]
+
+    def _folder_stamp(self, kind: str) -> Any:
+        """Embeddings are rescanned when a folder's mtime moves (a file added, removed or replaced), as
+        A1111 does before each generation; LoRAs only on refresh() (and on a name not found)."""
+        if kind != "embeddings":
+            return None
+        stamp = []
+        for folder in self.paths.folders(kind):
+            try:
+                stamp.append((str(folder), folder.stat().st_mtime_ns))
+            except OSError:
+                stamp.append((str(folder), None))
+        return tuple(stamp)
+
+    def _listing(self, kind: str) -> _Listing:
+        """The cached scan of a kind; a missing or stale one is built without holding the lock."""
+        stamp = self._folder_stamp(kind)
         with self._lock:
-            if self._embeddings is None:
-                files = self.paths.list_files("embeddings", emb.EMBEDDING_EXTENSIONS)
-                self._embeddings = self._scan(files, self._embedding_entry)
-            return [self._with_known_hash(e, addnet=False) for e in self._embeddings]
+            cached, generation = self._listings.get(kind), self._generation
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        if kind == "lora":
+            listing = _Listing(stamp, tuple(self._scan(self.paths.list_files("lora", LORA_EXTENSIONS), self._lora_entry)))
+        else:
+            listing = self._scan_embeddings(stamp)
+        with self._lock:
+            if self._generation == generation:
+                self._listings[kind] = listing
+        return listing
+
+    def _scan_embeddings(self, stamp: Any) -> _Listing:
+        entries = self._scan(self.paths.list_files("embeddings", emb.EMBEDDING_EXTENSIONS), self._embedding_entry)
+        lookup: dict[str, tuple[Path, TextualInversion]] = {}
+        for entry in entries:
+            vectors, _ = self._load_embedding_details(entry.path)  # cached by the scan just done
+            lookup.setdefault(vectors.name, (entry.path, vectors))
+        return _Listing(stamp, tuple(entries), lookup)
 
     def _with_known_hash(self, entry: NetworkEntry, *, addnet: bool) -> NetworkEntry:
         """A hash computed since the listing (e.g. by a generation) shows up without a rescan."""
@@ -129,10 +172,12 @@ class NetworkRegistry:
 
     def _cached(self, path: Path, build: Any) -> Any:
         stat = stat_key(path)
-        hit = self._entry_cache.get(path)
+        with self._lock:
+            hit = self._entry_cache.get(path)
         if hit is None or hit.stat != stat:
-            hit = _Cached(stat, build(path))
-            self._entry_cache[path] = hit
+            hit = _Cached(stat, build(path))  # reads the file: not under the lock
+            with self._lock:
+                self._entry_cache[path] = hit
         return hit.value
 
     def _lora_entry(self, path: Path) -> NetworkEntry:
@@ -157,9 +202,12 @@ class NetworkRegistry:
         return NetworkEntry(entry.name, entry.kind, entry.path, entry.family, cached_hash, find_preview(path), entry.metadata)
 
     def _embedding_entry(self, path: Path) -> NetworkEntry:
-        vectors = self._load_embedding(path)
+        """The file is read once per version (the vectors are cached for generation too); the metadata
+        holds A1111's listed fields (`vectors`, `shape`, `step`, `sd_checkpoint`, `sd_checkpoint_name`)."""
+        vectors, details = self._load_embedding_details(path)
         family = emb.embedding_family(vectors)
-        return NetworkEntry(path.stem, "embedding", path, family, self._known_hash(path, addnet=False), find_preview(path), {})
+        return NetworkEntry(path.stem, "embedding", path, family, self._known_hash(path, addnet=False), find_preview(path),
+                            details)
 
     def _known_hash(self, path: Path, *, addnet: bool) -> str | None:
         digest = self.hashes.sha256(path, compute=False, addnet=addnet) if self.hashes else None
@@ -213,16 +261,17 @@ class NetworkRegistry:
         return RequestError("prompt", f"unknown LoRA '{name}'; did you mean: {', '.join(close)}?")
 
     def open(self, entry: NetworkEntry) -> LoraFile:
+        stat = stat_key(entry.path)
         with self._lock:
-            stat = stat_key(entry.path)
             if stat in self._open:
                 self._open.move_to_end(stat)
                 return self._open[stat]
-            lora = open_lora(entry.path, entry.name)
+        lora = open_lora(entry.path, entry.name)  # may unpickle a .pt: not under the lock
+        with self._lock:
             self._open[stat] = lora
             while len(self._open) > OPEN_LORAS_KEPT:
                 self._open.popitem(last=False)
-            return lora
+        return lora
 
     def keymap(self, bundle: Any) -> KeyMap:
         """The name map of a loaded model, built once per model."""
@@ -235,32 +284,26 @@ class NetworkRegistry:
             return hit[1]
 
     # ---- embeddings -----------------------------------------------------------------------------
-    def _load_embedding(self, path: Path) -> TextualInversion:
+    def _load_embedding_details(self, path: Path) -> tuple[TextualInversion, dict[str, str]]:
         stat = stat_key(path)
-        hit = self._vectors.get(path)
+        with self._lock:
+            hit = self._vectors.get(path)
         if hit is None or hit.stat != stat:
             try:
-                hit = _Cached(stat, emb.read_embedding(path))
+                hit = _Cached(stat, emb.read_embedding_details(path))  # not under the lock
             except WeightFileError as exc:
                 hit = _Cached(stat, exc)
-            self._vectors[path] = hit
+            with self._lock:
+                self._vectors[path] = hit
         if isinstance(hit.value, Exception):
             raise hit.value
         return hit.value
 
     def embeddings(self) -> dict[str, tuple[Path, TextualInversion]]:
-        """Every readable embedding by trigger word (first file wins), rescanning the folders: a new
-        file works without a restart, as in A1111."""
-        out: dict[str, tuple[Path, TextualInversion]] = {}
-        with self._lock:
-            for path in self.paths.list_files("embeddings", emb.EMBEDDING_EXTENSIONS):
-                try:
-                    vectors = self._load_embedding(path)
-                except (OSError, WeightFileError) as exc:
-                    log.warning("embedding %s not loaded: %s", path.name, exc)
-                    continue
-                out.setdefault(vectors.name, (path, vectors))
-        return out
+        """Every readable embedding by trigger word (first file wins), from the cached scan: rescanned
+        when an embeddings folder changes (a new file works without a restart, as in A1111) or on
+        refresh(); otherwise no file is read or stat()ed (token counting calls this on every keystroke)."""
+        return dict(self._listing("embeddings").lookup)
 
     def embedding_lookup(self, stack: Any) -> tuple[emb.RecordingLookup, list[str], dict[str, Path]]:
         """(lookup of the embeddings this text stack can use, names skipped for width, paths by name)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 _COUNTER_LOCK = threading.Lock()
-_NUMBER = re.compile(r"^(\d+)-")
+_NUMBER = re.compile(r"^(\d+)[-.]")  # "00012-seed.png", and "00012.png" (a nameless Extras file)
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 MAX_NAME = 128
 
@@ -71,7 +71,7 @@ def expand_pattern(pattern: str, ctx: NameContext) -> str:
 
 
 def next_number(folder: Path) -> int:
-    """One more than the highest `NNNNN-` prefix in the folder (A1111's counter)."""
+    """One more than the highest `NNNNN-` or `NNNNN.` prefix in the folder (A1111's counter)."""
     highest = -1
     if folder.is_dir():
         for name in os.listdir(folder):
@@ -86,31 +86,51 @@ def save_image(
     folder: Path,
     ctx: NameContext,
     *,
-    infotext: str,
+    infotext: str | None,
     pattern: str = "[seed]",
     fmt: str = "png",
     per_date_folder: bool = True,
+    chunks: Mapping[str, str] | None = None,
+    stem: str | None = None,
 ) -> Path:
-    """Write one image with its infotext; returns the final path."""
-    from modules.infotext import save_with_infotext
-
+    """Write one image with its infotext (the `parameters` chunk / EXIF UserComment; None: none) and
+    return the final path `NNNNN-<stem>.<fmt>`. `chunks`: extra PNG text chunks (the Extras tab's
+    `postprocessing`/`extras`; JPEG and WEBP keep only the infotext). `stem`: a fixed name instead of
+    the pattern; "" gives just the number (A1111's extras without a source name)."""
     now = ctx.now or _dt.datetime.now()
     if per_date_folder:
         folder = folder / now.strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
-    stem = expand_pattern(pattern, ctx)
+    stem = expand_pattern(pattern, ctx) if stem is None else _sanitize(stem)
     with _COUNTER_LOCK:
         number = next_number(folder)
-        final = folder / f"{number:05d}-{stem}.{fmt}"
+        final = folder / (f"{number:05d}-{stem}.{fmt}" if stem else f"{number:05d}.{fmt}")
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f".{fmt}", dir=folder)
         os.close(fd)
         try:
-            save_with_infotext(image, Path(tmp), infotext)
+            _write(image, Path(tmp), infotext, chunks if fmt == "png" else None)
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     return final
+
+
+def _write(image: Any, path: Path, infotext: str | None, chunks: Mapping[str, str] | None) -> None:
+    from modules.infotext import embed_in_png, save_with_infotext
+
+    if not chunks:
+        save_with_infotext(image, path, infotext)
+        return
+    from PIL import PngImagePlugin
+
+    if infotext is not None:
+        pnginfo = embed_in_png(infotext, chunks)
+    else:
+        pnginfo = PngImagePlugin.PngInfo()
+        for key, value in chunks.items():
+            pnginfo.add_text(key, str(value))
+    image.save(path, format="PNG", pnginfo=pnginfo)
 
 
 def grid_rows(count: int) -> int:

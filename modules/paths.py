@@ -1,13 +1,15 @@
 """Where user files live: A1111's folder names under `models/`, each overridable from the command line.
 
 A `ModelPaths` value is built once by `launch.py` and handed to the Engine; nothing here is global.
-File lookups go through `safe_join`, so a name from the UI or the API can never leave its folder.
+File lookups go through `safe_join` (and every containment check through `within`), so a name from
+the UI or the API can never leave its folder.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -32,15 +34,30 @@ class UnsafePathError(ValueError):
     """A user-supplied name tried to leave its folder."""
 
 
+def within(path: Path | str, roots: Iterable[Path | str]) -> bool:
+    """True when `path`, symlinks resolved, is one of `roots` (also resolved) or lies under one.
+    The one containment check: every user-named path goes through it."""
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return False
+    for root in roots:
+        try:
+            base = Path(root).resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if real == base or base in real.parents:
+            return True
+    return False
+
+
 def safe_join(root: Path, name: str) -> Path:
     """Join `name` under `root`, refusing absolute paths, `..` and symlink escapes."""
     if not name or "\x00" in name:
         raise UnsafePathError(f"invalid file name {name!r}")
-    candidate = (root / name).resolve()
-    base = root.resolve()
-    if candidate != base and base not in candidate.parents:
-        raise UnsafePathError(f"{name!r} is outside {base}")
-    return candidate
+    if not within(root / name, [root]):
+        raise UnsafePathError(f"{name!r} is outside {root.resolve()}")
+    return (root / name).resolve()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ never poll. A failing job (exception, NaN, out of memory) is reported and the wo
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -93,9 +94,10 @@ class Job:
         request: GenerationRequest | None,
         *,
         owner: str | None = None,
-        task: Callable[[], Any] | None = None,
+        task: Callable[..., Any] | None = None,
         label: str = "",
         restore_checkpoint: bool = False,
+        pass_job: bool = False,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.request = request  # frozen dataclass: nobody can change it after submit
@@ -104,6 +106,7 @@ class Job:
         self.label = label or (request.prompt[:80] if request else "task")
         self.token = CancelToken()
         self._task = task
+        self._pass_job = pass_job  # the task takes progress= and cancel=, as engine.generate does
         self._cond = threading.Condition()
         self._status = QUEUED
         self._event: ProgressEvent | None = None
@@ -237,13 +240,17 @@ class Job:
             self._cond.notify_all()
 
     def _run(self, engine: Any) -> Any:
-        if self._task is not None:
-            return self._task()
-        if not (self.restore_checkpoint and self.request.checkpoint):
-            return engine.generate(self.request, progress=self._progress, cancel=self.token)
+        if self._task is None:
+            work = functools.partial(engine.generate, self.request, progress=self._progress, cancel=self.token)
+        elif self._pass_job:
+            work = functools.partial(self._task, progress=self._progress, cancel=self.token)
+        else:
+            work = self._task
+        if not (self.restore_checkpoint and (self.request is None or self.request.checkpoint)):
+            return work()
         previous, setting = engine.current_checkpoint, engine.settings.sd_model_checkpoint
         try:
-            return engine.generate(self.request, progress=self._progress, cancel=self.token)
+            return work()
         finally:
             reselect_previous_model(engine, previous, setting)
 
@@ -291,9 +298,16 @@ class JobQueue:
         self.engine.validate(request)
         return self._enqueue(Job(request, owner=owner, restore_checkpoint=restore_checkpoint))
 
-    def submit_task(self, fn: Callable[[], Any], *, label: str, owner: str | None = None) -> Job:
-        """Run `fn` on the worker thread (model loads go here so they never race a generation)."""
-        return self._enqueue(Job(None, owner=owner, task=fn, label=label))
+    def submit_task(self, fn: Callable[..., Any], *, label: str, owner: str | None = None, pass_job: bool = False,
+                    restore_checkpoint: bool = False) -> Job:
+        """Run `fn` on the worker thread (model loads go here so they never race a generation).
+
+        `pass_job`: call `fn(progress=..., cancel=...)` with the job's progress callback and CancelToken,
+        so a long task (SD upscale, extras) shows in /progress and stops on interrupt. `restore_checkpoint`:
+        select the model current before the task again afterwards (a task that generates with
+        `request.checkpoint`, as `submit` does for a generation)."""
+        return self._enqueue(Job(None, owner=owner, task=fn, label=label, pass_job=pass_job,
+                                 restore_checkpoint=restore_checkpoint))
 
     def preload(self) -> Job | None:
         """Load the default model on the worker without blocking the caller (launch.py calls this)."""

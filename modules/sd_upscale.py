@@ -5,11 +5,13 @@ height overlapping by `overlap` pixels (A1111's split_grid placement), each tile
 with the request's prompt and denoising strength (tile i gets seed + i, as A1111's batch loop gives
 it), and the tiles are pasted back left to right, top to bottom with a linear ramp across each
 overlap (A1111's combine_grid). The infotext gains `SD upscale overlap` and `SD upscale upscaler`.
+`n_iter` repeats the whole script, picture n starting at seed + n (A1111's upscale_count loop). Run as
+a queue task with `pass_job=True`: the job's progress shows tile by tile and interrupt/skip work.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -83,9 +85,21 @@ def combine(size: tuple[int, int], xs: list[int], ys: list[int], tiles: list[lis
     return out
 
 
+def _tile_progress(progress: Callable[[ProgressEvent], None] | None, index: int, count: int
+                   ) -> Callable[[ProgressEvent], None] | None:
+    """A tile's step events counted over the whole script (tile `index` of `count`); the tile's own
+    finished picture is not a result, so it is not passed on."""
+    if progress is None:
+        return None
+    return lambda event: progress(replace(event, job_index=index, job_count=count, images=()))
+
+
 def run(engine: Any, request: GenerationRequest, opts: SDUpscaleOptions, *,
         progress: Callable[[ProgressEvent], None] | None = None, cancel: Any = None) -> Result:
-    """The whole script as one job (run it on the worker thread)."""
+    """The whole script as one job (run it on the worker thread, with the job's `progress` and
+    `cancel`: an interrupt stops between tiles and inside the running tile; skip skips one tile).
+
+    `n_iter` makes that many pictures, iteration n starting at seed + n, as A1111's script does."""
     from modules.sampling.noise import random_seed
 
     if not request.init_images:
@@ -105,45 +119,71 @@ def run(engine: Any, request: GenerationRequest, opts: SDUpscaleOptions, *,
     overlap = max(opts.overlap, 1)
     xs, ys = positions(image.width, tile_w, overlap), positions(image.height, tile_h, overlap)
     seed = request.seed if request.seed != -1 else random_seed()
-    tiles: list[list[Image.Image]] = []
-    first: Result | None = None
-    index = 0
-    for y in ys:
-        row = []
-        for x in xs:
-            tile_request = request.replace(init_images=(image.crop((x, y, x + tile_w, y + tile_h)),), seed=seed + index,
-                                           batch_size=1, n_iter=1, resize_mode=0, do_not_save=True)
-            result = engine.generate(tile_request, progress=progress, cancel=cancel)
-            if not result.images:  # interrupted or skipped: keep the tile as it was
-                row.append(tile_request.init_images[0])
-            else:
-                row.append(result.images[0])
-                first = first or result
-            index += 1
-            if cancel is not None and cancel.interrupted.is_set():
-                break
-        tiles.append(row + [image.crop((x, y, x + tile_w, y + tile_h)) for x in xs[len(row):]])
-        if cancel is not None and cancel.interrupted.is_set():
-            break
-    tiles += [[image.crop((x, y, x + tile_w, y + tile_h)) for x in xs] for y in ys[len(tiles):]]
-    combined = combine(image.size, xs, ys, tiles, overlap)
-    text = (first.infotexts[0] if first and first.infotexts else "")
-    text += f", SD upscale overlap: {opts.overlap}, SD upscale upscaler: {opts.upscaler}"
-    paths: tuple[str, ...] = ()
-    if not request.do_not_save and engine.settings.samples_save:
-        from modules import outputs
 
-        ctx = outputs.NameContext(seed=seed, prompt=request.prompt, steps=request.steps, sampler=request.sampler_name,
-                                  cfg=request.cfg_scale, width=combined.width, height=combined.height)
-        settings = engine.settings
-        paths = (str(outputs.save_image(combined, engine.output_dir(settings.outdir_img2img_samples), ctx, infotext=text,
-                                        pattern=settings.samples_filename_pattern, fmt=settings.samples_format,
-                                        per_date_folder=settings.save_to_dirs)),)
+    def interrupted() -> bool:
+        return cancel is not None and cancel.interrupted.is_set()
+
+    def crop(x: int, y: int) -> Image.Image:
+        return image.crop((x, y, x + tile_w, y + tile_h))
+
+    tile_count = len(xs) * len(ys)
+    pictures, texts, seeds, firsts = [], [], [], []
+    for n in range(max(int(request.n_iter), 1)):
+        if interrupted():
+            break
+        start = seed + n
+        first: Result | None = None
+        tiles: list[list[Image.Image]] = []
+        for y in ys:
+            row: list[Image.Image] = []
+            for x in xs:
+                if interrupted():
+                    break
+                index = len(tiles) * len(xs) + len(row)
+                tile_request = request.replace(init_images=(crop(x, y),), seed=start + index, batch_size=1, n_iter=1,
+                                               resize_mode=0, do_not_save=True)
+                result = engine.generate(tile_request, cancel=cancel,
+                                         progress=_tile_progress(progress, n * tile_count + index, request.n_iter * tile_count))
+                row.append(result.images[0] if result.images else tile_request.init_images[0])  # skipped: as it was
+                if result.images and first is None:
+                    first = result
+            tiles.append(row + [crop(x, y) for x in xs[len(row):]])
+        if first is None and n > 0:  # interrupted before this picture's first tile
+            break
+        tiles += [[crop(x, y) for x in xs] for y in ys[len(tiles):]]
+        combined = combine(image.size, xs, ys, tiles, overlap)
+        text = (first.infotexts[0] if first and first.infotexts else "")
+        text += f", SD upscale overlap: {opts.overlap}, SD upscale upscaler: {opts.upscaler}"
+        pictures.append(combined)
+        texts.append(text)
+        seeds.append(start)
+        firsts.append(first)
+        if progress is not None:
+            progress(ProgressEvent(0, 0, n, request.n_iter, images=(combined,)))
+    paths = _save(engine, request, pictures, texts, seeds)
+    first = next((f for f in firsts if f is not None), None)
     info = dict(first.info) if first else {}
-    info.update(seed=seed, all_seeds=[seed], infotexts=[text], all_prompts=[request.prompt],
-                all_negative_prompts=[request.negative_prompt], tiles=len(xs) * len(ys), width=combined.width,
-                height=combined.height, grid_path=None,
+    info.update(seed=seeds[0] if seeds else seed, all_seeds=seeds, infotexts=texts, all_prompts=[request.prompt] * len(seeds),
+                all_negative_prompts=[request.negative_prompt] * len(seeds), tiles=tile_count, width=image.width,
+                height=image.height, grid_path=None,
                 extra_generation_params={"SD upscale overlap": opts.overlap, "SD upscale upscaler": opts.upscaler})
-    return Result((combined,), (text,), (seed,), (first.subseeds[0],) if first and first.subseeds else (),
-                  (request.prompt,), (request.negative_prompt,), info, paths,
-                  bool(cancel is not None and cancel.interrupted.is_set()))
+    subseeds = tuple(f.subseeds[0] for f in firsts if f and f.subseeds)
+    return Result(tuple(pictures), tuple(texts), tuple(seeds), subseeds if len(subseeds) == len(seeds) else (), (request.prompt,) * len(seeds),
+                  (request.negative_prompt,) * len(seeds), info, paths, interrupted())
+
+
+def _save(engine: Any, request: GenerationRequest, pictures: list[Image.Image], texts: list[str], seeds: list[int]
+          ) -> tuple[str, ...]:
+    """Each picture under the img2img folder, named from its start seed (A1111 saves each one)."""
+    if request.do_not_save or not engine.settings.samples_save:
+        return ()
+    from modules import outputs
+
+    settings = engine.settings
+    folder = engine.output_dir(settings.outdir_img2img_samples)
+    return tuple(str(outputs.save_image(
+        picture, folder, outputs.NameContext(seed=seed, prompt=request.prompt, steps=request.steps,
+                                             sampler=request.sampler_name, cfg=request.cfg_scale,
+                                             width=picture.width, height=picture.height),
+        infotext=text, pattern=settings.samples_filename_pattern, fmt=settings.samples_format,
+        per_date_folder=settings.save_to_dirs)) for picture, text, seed in zip(pictures, texts, seeds))

@@ -32,7 +32,9 @@ class NetworkEntry:
 
     `name` is what a prompt uses (`<lora:name:1>`, or the embedding's trigger word): the file stem.
     `hash` is A1111's short hash (addnet sha256 for LoRAs, 12 hex), None until computed.
-    `metadata` holds sanitised kohya `ss_*` training fields (strings only)."""
+    `metadata` holds sanitised kohya `ss_*` training fields for a LoRA; for an embedding, A1111's listed
+    fields `vectors`, `shape`, and `step`, `sd_checkpoint`, `sd_checkpoint_name` when the file has them
+    (strings only)."""
 
     name: str
     kind: str  # "lora" | "embedding"

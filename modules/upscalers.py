@@ -27,6 +27,7 @@ from PIL import Image
 
 from modules.paths import ModelPaths
 from modules.tiling import run_tiled
+from modules.validation import PIXEL_UPSCALERS
 from modules.weights_io import WeightFileError, materialize, open_weights
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,10 @@ UPSCALER_EXTENSIONS = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 # (folder kind in modules.paths.FOLDERS, label used as the API's model_name)
 MODEL_FOLDERS = (("esrgan", "ESRGAN"), ("realesrgan", "RealESRGAN"), ("swinir", "SwinIR"), ("dat", "DAT"),
                  ("hat", "HAT"), ("upscale_models", "spandrel"))
+# The names are validation.PIXEL_UPSCALERS (one list); each is the PIL filter of that name, except
+# A1111's "None", which leaves the model step out: its final resize is Lanczos.
 PIL_FILTERS: Mapping[str, Image.Resampling] = {
-    "None": Image.Resampling.LANCZOS,  # A1111's "None" leaves the model step out; the final resize is Lanczos
-    "Lanczos": Image.Resampling.LANCZOS,
-    "Nearest": Image.Resampling.NEAREST,
-    "Bicubic": Image.Resampling.BICUBIC,
+    name: Image.Resampling.LANCZOS if name == "None" else Image.Resampling[name.upper()] for name in PIXEL_UPSCALERS
 }
 # A1111 lists its built-in downloads under these names; the same files dropped in a folder get them too.
 A1111_NAMES = {

@@ -23,7 +23,7 @@ LATENT_UPSCALE_MODES = (
     "Latent (nearest)",
     "Latent (nearest-exact)",
 )
-PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest", "Bicubic")
+PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest", "Bicubic")  # PIL filters by name: upscalers.PIL_FILTERS
 
 
 class RequestError(ValueError):

@@ -6,6 +6,7 @@ rescanned by `refresh_networks`), so these tests pin what the API does with it.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from modules.queue import JobQueue
 from tests.test_api import SMALL, Served, field_of, launch_options
@@ -20,7 +21,8 @@ def served(tmp_path):
     (lora_dir / "styles").mkdir(parents=True)
     emb_dir.mkdir(parents=True)
     (lora_dir / "styles" / "ink.safetensors").write_bytes(b"x")
-    (emb_dir / "bad-hands.pt").write_bytes(b"x")
+    torch.save({"string_to_param": {"*": torch.zeros(2, 768)}, "step": 1200, "sd_checkpoint": "7460a6fa",
+                "sd_checkpoint_name": "v1-5-pruned"}, emb_dir / "bad-hands.pt")
     engine = FakeEngine(tmp_path)
     queue = JobQueue(engine, max_size=4)
     with serve_in_thread(create_api_app(engine, queue, launch_options(tmp_path))) as url:
@@ -44,8 +46,9 @@ def test_loras_in_a1111_shape_and_refresh_rescans(served):
 
 def test_embeddings_in_a1111_shape_and_refresh(served):
     r = served.client.get("/sdapi/v1/embeddings")
-    assert r.json() == {"loaded": {"bad-hands": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                                 "shape": 768, "vectors": 2}}, "skipped": {}}
+    assert r.json() == {"loaded": {"bad-hands": {"step": 1200, "sd_checkpoint": "7460a6fa",
+                                                 "sd_checkpoint_name": "v1-5-pruned", "shape": 768, "vectors": 2}},
+                        "skipped": {}}
     (served.engine.root / "models" / "embeddings" / "good.safetensors").write_bytes(b"x")
     assert served.client.post("/sdapi/v1/refresh-embeddings").status_code == 200
     assert sorted(served.client.get("/sdapi/v1/embeddings").json()["loaded"]) == ["bad-hands", "good"]

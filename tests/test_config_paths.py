@@ -96,3 +96,18 @@ def test_credentials_parsing(tmp_path):
     assert parse_credentials("a:b", str(f)) == (("a", "b"), ("c", "d"), ("e", "f:g"))
     with pytest.raises(LaunchError, match="user:password"):
         parse_credentials("nopassword")
+
+
+def test_within_resolves_symlinks_and_roots(tmp_path):
+    from modules.paths import within
+
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    os.symlink(tmp_path / "other", tmp_path / "root" / "out")
+    os.symlink(tmp_path / "root" / "sub", tmp_path / "alias")  # a root named through a symlink
+    assert within(tmp_path / "root" / "sub" / "x.png", [tmp_path / "root"])
+    assert within(tmp_path / "root", [tmp_path / "root"])
+    assert not within(tmp_path / "root" / "out" / "x.png", [tmp_path / "root"])
+    assert not within(tmp_path / "root" / ".." / "other", [tmp_path / "root"])
+    assert within(tmp_path / "root" / "sub" / "y", [tmp_path / "nowhere", tmp_path / "alias"])
+    assert not within(tmp_path / "rootx", [tmp_path / "root"])  # a name prefix is not containment

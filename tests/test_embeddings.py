@@ -94,6 +94,25 @@ def test_unsafe_or_unknown_files_are_refused(tmp_path):
         read_embedding(tmp_path / "two.safetensors")
 
 
+def test_listing_gives_a1111s_embedding_fields(tmp_path):
+    """/sdapi/v1/embeddings on the real registry: vectors, shape (SDXL: clip_l + clip_g widths, as
+    A1111 sums them) and the .pt file's own step / sd_checkpoint / sd_checkpoint_name."""
+    from webui.api.routes_networks import embedding_item
+
+    folder = tmp_path / "models" / "embeddings"
+    write_embeddings(folder)
+    save_file({"clip_l": rand(2, 768), "clip_g": rand(2, 1280)}, str(folder / "real-xl.safetensors"))
+    registry = NetworkRegistry(ModelPaths.create(tmp_path), None)
+    items = {e.name: embedding_item(e).model_dump() for e in registry.list_embeddings()}
+    assert items["pt-style"] == {"step": 500, "sd_checkpoint": "abc", "sd_checkpoint_name": "model", "shape": TEXT_WIDTH,
+                                 "vectors": 3}
+    assert items["concept"] == {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": TEXT_WIDTH,
+                                "vectors": 1}
+    assert items["kohya-emb"]["vectors"] == 2 and items["too-wide"]["shape"] == 768
+    assert items["real-xl"] == {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 2048,
+                                "vectors": 2}
+
+
 def _reference_sd1(bundle, prefix: str, vectors: torch.Tensor, suffix: str) -> torch.Tensor:
     """CLIP with its vocabulary extended by one new token per vector, the prompt written with those
     token ids: an encoding that never goes through Palette's embedding code."""

@@ -199,3 +199,80 @@ def test_token_count_counts_embedding_vectors_and_drops_tags(engine):
     assert engine.token_count("a red circle, shiny") == (4 + 3, 75)  # "shiny" is 3 vectors
     # AND parts and prompt-editing texts are counted one by one; the longest wins: "x" + 80 words
     assert engine.token_count("a [red:blue:5] circle AND x " + "word " * 80) == (81, 150)
+
+
+class _WatchedPaths:
+    """ModelPaths that counts folder scans and can hold the LoRA scan until `gate` is set."""
+
+    def __init__(self, inner: ModelPaths) -> None:
+        self.inner, self.scans, self.gate = inner, {"lora": 0, "embeddings": 0}, None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def list_files(self, kind, extensions):
+        self.scans[kind] += 1
+        if kind == "lora" and self.gate is not None:
+            self.gate.wait(20)
+        return self.inner.list_files(kind, extensions)
+
+
+def _small_root(tmp_path):
+    (tmp_path / "models" / "Lora").mkdir(parents=True)
+    save_file(lora(Q, 32, 32), str(tmp_path / "models" / "Lora" / "detail.safetensors"))
+    emb = tmp_path / "models" / "embeddings"
+    emb.mkdir(parents=True)
+    torch.save({"string_to_param": {"*": rand(2, TEXT_WIDTH)}}, emb / "shiny.pt")
+    return _WatchedPaths(ModelPaths.create(tmp_path))
+
+
+def test_a_slow_lora_scan_does_not_block_embeddings_or_opening_a_lora(tmp_path):
+    import threading
+
+    from modules.networks import NetworkRegistry
+
+    paths = _small_root(tmp_path)
+    registry = NetworkRegistry(paths, None)
+    detail = registry.find_lora("detail")
+    registry.refresh()
+    paths.gate = threading.Event()
+    scanning = threading.Thread(target=registry.list_loras)  # e.g. the UI's refresh button
+    scanning.start()
+    try:
+        for _ in range(200):
+            if paths.scans["lora"] == 2:
+                break
+            threading.Event().wait(0.01)
+        box = {}
+        other = threading.Thread(target=lambda: box.update(emb=registry.embeddings(), names=registry.list_embeddings(),
+                                                           lora=registry.open(detail)))
+        other.start()
+        other.join(5)
+        assert not other.is_alive(), "embeddings()/open() waited for the LoRA folder scan"
+        assert set(box["emb"]) == {"shiny"} and box["lora"] is not None
+    finally:
+        paths.gate.set()
+        scanning.join(20)
+    assert [e.name for e in registry.list_loras()] == ["detail"]
+
+
+def test_embeddings_are_not_rescanned_per_call_but_a_new_file_is_seen(tmp_path):
+    from modules.networks import NetworkRegistry
+
+    paths = _small_root(tmp_path)
+    registry = NetworkRegistry(paths, None)
+    assert set(registry.embeddings()) == {"shiny"}
+    for _ in range(5):  # token counting and every job call this
+        registry.embeddings()
+    assert paths.scans["embeddings"] == 1
+    folder = tmp_path / "models" / "embeddings"
+    before = folder.stat().st_mtime_ns
+    torch.save({"string_to_param": {"*": rand(1, TEXT_WIDTH)}}, folder / "late.pt")
+    import os
+
+    os.utime(folder, ns=(before + 10**9, before + 10**9))  # coarse file-system clocks: make the change visible
+    assert set(registry.embeddings()) == {"shiny", "late"}  # the folder changed: rescanned without a refresh
+    assert paths.scans["embeddings"] == 2
+    registry.refresh()
+    registry.embeddings()
+    assert paths.scans["embeddings"] == 3

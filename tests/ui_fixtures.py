@@ -23,6 +23,7 @@ from PIL import Image
 
 from modules import config as config_mod
 from modules.engine import CancelToken, CheckpointInfo
+from modules.networks import find_preview
 from modules.paths import ModelPaths, safe_join
 from modules.prompts import parse_extra_networks
 from modules.tokenizer import default_tokenizer
@@ -30,10 +31,20 @@ from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
 from modules.validation import RequestError, validate_request
 
 NETWORK_EXTENSIONS = {"lora": (".safetensors", ".pt", ".ckpt"), "embeddings": (".safetensors", ".pt", ".bin")}
-PREVIEW_SUFFIXES = (".png", ".preview.png", ".jpg", ".jpeg", ".preview.jpg", ".webp")
 _TAGS = re.compile(r"<[^>]*>")
 _WEIGHTS = re.compile(r":\s*-?[\d.]+\s*(?=[)\]])")
 _SYNTAX = re.compile(r"[()\[\]]|\bBREAK\b")
+
+
+def embedding_metadata(path: Path) -> dict[str, str]:
+    """What the real registry lists for an embedding file (read the same way); {} when unreadable."""
+    from modules.embeddings import read_embedding_details
+    from modules.weights_io import WeightFileError
+
+    try:
+        return read_embedding_details(path)[1]
+    except (OSError, WeightFileError):
+        return {}
 
 
 def rough_token_count(text: str) -> int:
@@ -140,8 +151,8 @@ class FakeEngine:
             entries = []
             for path in self.paths.list_files(kind, NETWORK_EXTENSIONS[kind]):
                 stem = path.name[: -len(path.suffix)]
-                preview = next((path.with_name(stem + s) for s in PREVIEW_SUFFIXES if path.with_name(stem + s).is_file()), None)
-                metadata = {"ss_output_name": f"{stem}-alias"} if kind == "lora" else {"vectors": "2", "shape": "768"}
+                preview = find_preview(path)  # the real registry's rule
+                metadata = {"ss_output_name": f"{stem}-alias"} if kind == "lora" else embedding_metadata(path)
                 entries.append(NetworkEntry(stem, label, path, family="sd1", hash=f"{abs(hash(stem)) % 16**12:012x}",
                                             preview=preview, metadata=metadata))
             found[kind] = entries

@@ -23,13 +23,14 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from modules.networks import PREVIEW_SUFFIXES
+from modules.paths import within
 from modules.types import NetworkEntry
 
 log = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 192
 THUMBNAILS_KEPT = 1024
-PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 MAX_PREVIEW_BYTES = 32 * 1024 * 1024
 FOLDER_KIND = {"lora": "lora", "embedding": "embeddings"}  # NetworkEntry.kind → ModelPaths kind
 KINDS = (("lora", "Lora"), ("embedding", "Textual Inversion"))
@@ -45,15 +46,6 @@ def matches(entry: NetworkEntry, query: str) -> bool:
     return query.strip().lower() in entry.name.lower()
 
 
-def inside(path: Path, roots: Sequence[Path]) -> bool:
-    """True when `path` (symlinks resolved) is one of the roots or lies under one."""
-    try:
-        real = path.resolve(strict=True)
-    except OSError:
-        return False
-    return any(real == r or r in real.parents for r in (Path(root).resolve() for root in roots))
-
-
 class PreviewThumbnails:
     """Small inline JPEGs of preview images, made once per file version (path, size, mtime)."""
 
@@ -64,7 +56,7 @@ class PreviewThumbnails:
 
     def data_uri(self, preview: Path | None, roots: Sequence[Path]) -> str | None:
         """None when there is no usable preview, or when it lies outside `roots` (the model folders)."""
-        if preview is None or preview.suffix.lower() not in PREVIEW_SUFFIXES or not inside(preview, roots):
+        if preview is None or not preview.name.lower().endswith(PREVIEW_SUFFIXES) or not within(preview, roots):
             return None
         try:
             stat = preview.stat()

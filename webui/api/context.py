@@ -104,10 +104,13 @@ class ApiContext:
         with self._lock:
             return self._meta.get(job_id)
 
-    async def run_task(self, fn: Callable[[], T], label: str, owner: str | None) -> T:
-        """Model loads/unloads go through the worker so they never race a generation."""
+    async def run_task(self, fn: Callable[..., T], label: str, owner: str | None, *, pass_job: bool = False,
+                       restore_checkpoint: bool = False) -> T:
+        """Model loads/unloads and scripts go through the worker so they never race a generation
+        (`pass_job`, `restore_checkpoint`: see `JobQueue.submit_task`)."""
         try:
-            job = self.queue.submit_task(fn, label=label, owner=owner)
+            job = self.queue.submit_task(fn, label=label, owner=owner, pass_job=pass_job,
+                                         restore_checkpoint=restore_checkpoint)
         except QueueFullError as exc:
             raise HTTPException(429, detail=str(exc)) from None
         await self.run(job.wait)

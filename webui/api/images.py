@@ -62,6 +62,3 @@ def encode_png(image: Image.Image, parameters: str | None = None, *, extra: dict
     image.save(buf, format="PNG", pnginfo=pnginfo)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
-
-def text_chunks(image: Image.Image) -> dict[str, str]:
-    return {str(k): v for k, v in (image.info or {}).items() if isinstance(v, str)}

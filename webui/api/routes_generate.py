@@ -5,6 +5,7 @@ loop, and answers with that job's own result, so concurrent clients never get ea
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, Query
@@ -14,7 +15,8 @@ from modules.validation import RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, failed_job, info_json
 from modules import extras, sd_upscale
-from webui.api.images import decode_image, encode_png, text_chunks
+from modules.extras import text_chunks
+from webui.api.images import decode_image, encode_png
 from webui.api.models import (
     ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasSingleImageRequest, ExtrasSingleImageResponse,
     GenerationFields, GenerationResponse, Img2ImgRequest, PNGInfoRequest, PNGInfoResponse, ProgressResponse,
@@ -43,10 +45,13 @@ async def run_generation(ctx: ApiContext, body: GenerationFields, user: str | No
 
 
 async def run_sd_upscale(ctx: ApiContext, body: Any, request: Any, meta: Any, user: str | None) -> dict[str, Any]:
-    """img2img with script_name "SD upscale": the whole script is one job on the worker."""
+    """img2img with script_name "SD upscale": the whole script is one job on the worker, with the job's
+    progress and cancel token (so /progress and /interrupt work) and the model restored afterwards
+    when override_settings asked for it."""
     opts = await ctx.run(sd_upscale.options_from_args, list(body.script_args or []), ctx.engine.upscalers.names())
-    result = await ctx.run_task(lambda: sd_upscale.run(ctx.engine, request, opts), "SD upscale", owner_of(user))
-    info = convert.build_info(ctx, request, result, meta)
+    result = await ctx.run_task(functools.partial(sd_upscale.run, ctx.engine, request, opts), "SD upscale",
+                                owner_of(user), pass_job=True, restore_checkpoint=meta.restore_checkpoint)
+    info = convert.build_info(ctx, request, result, meta, cancelled=result is None)  # None: cancelled while queued
     images = await ctx.run(convert.encode_result, result) if body.send_images else []
     return {"images": images, "parameters": meta.parameters, "info": info_json(info)}
 
@@ -58,7 +63,7 @@ def progress_of(ctx: ApiContext, skip_current_image: bool) -> ProgressResponse:
     if job is None:
         return ProgressResponse(state=ProgressState(job_count=queued, queued=queued))
     state = job.snapshot()
-    if job.request is None:  # a model load or other task
+    if job.request is None and not state.total_steps:  # a model load, or a task that reports no steps
         return ProgressResponse(state=ProgressState(job=state.label, job_id=state.id, job_count=1, queued=queued),
                                 textinfo=state.label)
     image = None
@@ -103,7 +108,8 @@ async def run_extras(ctx: ApiContext, body: Any, items: list[tuple[str, str]], f
     """Upscale on the worker (model upscalers share the device with generation) → (base64 PNGs, info)."""
     sources, opts = await ctx.run(extras_sources, ctx, body, items, field)
     label = f"Upscale {len(sources)} image(s) with {opts.upscaler_1}"
-    result = await ctx.run_task(lambda: extras.run(ctx.engine, sources, opts, save_output=False), label, "api")
+    result = await ctx.run_task(functools.partial(extras.run, ctx.engine, sources, opts, save_output=False), label, "api",
+                                pass_job=True)
     encoded = [await ctx.run(encode_png, image, text_chunks(src).get("parameters"))
                for image, (src, _) in zip(result.images, sources)]
     return encoded, result.infotexts[-1] if result.infotexts else ""

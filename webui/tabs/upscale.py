@@ -6,6 +6,7 @@ is read only inside Palette's data folder.
 """
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,8 +42,9 @@ def _open(path: str) -> tuple[Image.Image, str]:
 def sources_for(ctx: UIContext, source: str, image: Any, files: Any, input_dir: str) -> list[tuple[Image.Image, str]]:
     """The images the chosen source tab holds; a clear error when it holds none."""
     if source == "folder":
-        folder = extras.allowed_folder(Path(ctx.data_dir), input_dir, "input_dir")
-        return [_open(str(p)) for p in extras.folder_images(folder)]
+        roots, refused = extras.input_roots(ctx.engine, Path(ctx.data_dir))
+        folder = extras.allowed_folder(roots, input_dir, "input_dir", refused=refused)
+        return [_open(str(p)) for p in extras.folder_images(folder, roots, refused=refused)]
     if source == "batch":
         paths = [f if isinstance(f, str) else getattr(f, "name", None) for f in (files or [])]
         if not [p for p in paths if p]:
@@ -111,9 +113,9 @@ def build(ctx: UIContext) -> None:
         try:
             extras.validate(opts, ctx.engine.upscalers.names())
             items = sources_for(ctx, source, image, files, input_dir)
-            job = ctx.queue.submit_task(lambda: extras.run(ctx.engine, items, opts, save_output=True),
+            job = ctx.queue.submit_task(functools.partial(extras.run, ctx.engine, items, opts, save_output=True),
                                         label=f"Upscale {len(items)} image(s) with {opts.upscaler_1}",
-                                        owner=owner_of(request))
+                                        owner=owner_of(request), pass_job=True)
         except (RequestError, QueueFullError) as exc:
             message = exc.message if isinstance(exc, RequestError) else str(exc)
             yield {progress: error_html(message)}
