@@ -33,18 +33,6 @@ def server(tmp_path_factory):
     queue.shutdown()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not ui.CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(ui.CHROMIUM), args=ui.CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 def new_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.errors = []  # console errors and uncaught exceptions

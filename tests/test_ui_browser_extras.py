@@ -17,16 +17,6 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not ui.CHROMIUM.exists(), reason="Debian's chromium is not at /usr/bin/chromium")]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(ui.CHROMIUM), args=ui.CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 def offline_page(browser, base: str):
     """A page that may only reach `base`: any other request is aborted and recorded."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -28,18 +28,6 @@ def server(tmp_path_factory):
     queue.shutdown()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not ui.CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(ui.CHROMIUM), args=ui.CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser, server):
     p = new_page(browser, server[0])

@@ -45,11 +45,17 @@ def open_tab(page: Any, label: str) -> None:
 
 
 def set_number(page: Any, elem_id: str, value: Any) -> None:
-    """A Slider's or Number's number box: type the value and leave the field (Gradio commits on blur)."""
+    """A Slider's or Number's number box: type the value and leave the field (Gradio commits on blur).
+    A slider in a tab opened a moment ago can still be mounting and put its old value back, so the
+    value is typed again (up to three times) until the box keeps it."""
     box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+    for _ in range(3):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        page.wait_for_timeout(200)
+        if box.input_value() == str(value):
+            return
 
 
 def number_value(page: Any, elem_id: str) -> str:
