@@ -6,6 +6,7 @@ tiny real checkpoints drive txt2img/img2img end to end.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
@@ -57,18 +58,29 @@ class Served:
         self.client = httpx.Client(base_url=url, timeout=60)
 
 
+@contextlib.contextmanager
+def serving(engine, root, *, max_size: int = 8, api_auth=()):
+    """The API app on `engine` behind a real HTTP server on 127.0.0.1, with its own job queue; the
+    client, server and queue are closed afterwards."""
+    queue = JobQueue(engine, max_size=max_size)
+    try:
+        with serve_in_thread(create_api_app(engine, queue, launch_options(root, api_auth=api_auth))) as url:
+            served = Served(url, engine, queue)
+            try:
+                yield served
+            finally:
+                served.client.close()
+    finally:
+        queue.shutdown()
+
+
 @pytest.fixture
 def fake(tmp_path, request):
     """A server on the fake engine; `@pytest.mark.parametrize("fake", [{...}], indirect=True)` tunes it."""
     cfg = getattr(request, "param", {})
     engine = FakeEngine(tmp_path, step_time=cfg.get("step_time", 0.0), slow_step=0.05)
-    queue = JobQueue(engine, max_size=cfg.get("max_size", 8))
-    app = create_api_app(engine, queue, launch_options(tmp_path, api_auth=cfg.get("api_auth", ())))
-    with serve_in_thread(app) as url:
-        served = Served(url, engine, queue)
+    with serving(engine, tmp_path, max_size=cfg.get("max_size", 8), api_auth=cfg.get("api_auth", ())) as served:
         yield served
-        served.client.close()
-    queue.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +94,8 @@ def real(tmp_path_factory):
     write_tiny_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", seed=1)
     write_tiny_checkpoint(root / "models" / "Stable-diffusion" / "other.safetensors", "sd1", seed=2)
     engine = Engine(ModelPaths.create(root), plan=PLAN, outputs_root=root, settings_path=root / "config.json")
-    queue = JobQueue(engine, max_size=8)
-    with serve_in_thread(create_api_app(engine, queue, launch_options(root))) as url:
-        served = Served(url, engine, queue)
+    with serving(engine, root) as served:
         yield served
-        served.client.close()
-    queue.shutdown()
 
 
 def field_of(response: httpx.Response) -> str:

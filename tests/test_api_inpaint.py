@@ -7,11 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.queue import JobQueue
-from tests.test_api import PLAN, Served, decode, field_of, launch_options, png_b64
+from tests.test_api import PLAN, decode, field_of, png_b64, serving
 from tests.test_pipeline_inpaint import REACH, far_from, picture, square_mask
-from webui.api import create_api_app
-from webui.api.serve import serve_in_thread
 
 SMALL = {"steps": 2, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler"}
 
@@ -26,12 +23,8 @@ def server(tmp_path_factory):
     write_tiny_checkpoint(root / "models" / "Stable-diffusion" / "plain.safetensors", "sd1", seed=1)
     write_tiny_checkpoint(root / "models" / "Stable-diffusion" / "inpainting.safetensors", "sd1", in_channels=9, seed=2)
     engine = Engine(ModelPaths.create(root), plan=PLAN, outputs_root=root, settings_path=root / "config.json")
-    queue = JobQueue(engine, max_size=8)
-    with serve_in_thread(create_api_app(engine, queue, launch_options(root))) as url:
-        served = Served(url, engine, queue)
+    with serving(engine, root) as served:
         yield served
-        served.client.close()
-    queue.shutdown()
 
 
 @pytest.mark.parametrize("model", ["plain", "inpainting"])

@@ -8,11 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modules.queue import JobQueue
-from tests.test_api import SMALL, Served, field_of, launch_options
+from tests.test_api import SMALL, field_of, serving
 from tests.ui_fixtures import FakeEngine
-from webui.api import create_api_app
-from webui.api.serve import serve_in_thread
 
 
 @pytest.fixture
@@ -23,13 +20,8 @@ def served(tmp_path):
     (lora_dir / "styles" / "ink.safetensors").write_bytes(b"x")
     torch.save({"string_to_param": {"*": torch.zeros(2, 768)}, "step": 1200, "sd_checkpoint": "7460a6fa",
                 "sd_checkpoint_name": "v1-5-pruned"}, emb_dir / "bad-hands.pt")
-    engine = FakeEngine(tmp_path)
-    queue = JobQueue(engine, max_size=4)
-    with serve_in_thread(create_api_app(engine, queue, launch_options(tmp_path))) as url:
-        s = Served(url, engine, queue)
-        yield s
-        s.client.close()
-    queue.shutdown()
+    with serving(FakeEngine(tmp_path), tmp_path, max_size=4) as served:
+        yield served
 
 
 def test_loras_in_a1111_shape_and_refresh_rescans(served):
