@@ -171,6 +171,14 @@ def seed_row(tab: str) -> SeedRow:
     return SeedRow(widgets, reuse_seed, reuse_subseed)
 
 
+def generation_controls(engine: Any, tab: str) -> tuple[dict[str, Any], SeedRow]:
+    """The controls every generating tab shares: sampler and steps, size and batch, CFG, seeds."""
+    widgets = sampler_row(engine, tab)
+    size, _ = size_rows(tab)
+    seeds = seed_row(tab)
+    return widgets | size | seeds.widgets, seeds
+
+
 def hires_fix(engine: Any, tab: str) -> dict[str, Any]:
     samplers = [bindings.SAME_SAMPLER, *bindings.sampler_choices(engine)]
     schedules = [bindings.SAME_SCHEDULER, *bindings.schedule_choices(engine)]

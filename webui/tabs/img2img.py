@@ -19,11 +19,8 @@ def build(ctx: UIContext, top: dict[str, Any]) -> None:
             extra_networks.build_panel(ctx, TAB)
             widgets: dict[str, Any] = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
             widgets |= components.img2img_inputs(TAB)
-            widgets |= components.sampler_row(ctx.engine, TAB)
-            size, _ = components.size_rows(TAB)
-            widgets |= size
-            seeds = components.seed_row(TAB)
-            widgets |= seeds.widgets
+            controls, seeds = components.generation_controls(ctx.engine, TAB)
+            widgets |= controls
         with gr.Column(scale=4):
             panel = components.output_panel(TAB, ctx.is_local, SEND_TARGETS)
     widgets |= top
