@@ -59,7 +59,9 @@ def build(ctx: UIContext) -> None:
     names = upscaler_choices(ctx.engine)
     with gr.Row():
         with gr.Column(scale=5):
-            source = gr.State("single")
+            # The chosen source tab, set in the browser (no server round trip that a quick Generate
+            # click could overtake).
+            source = gr.Textbox("single", visible=False, elem_id="extras-source-kind")
             with gr.Tabs(elem_id="extras-source"):
                 with gr.Tab("Single Image", id="single", elem_id="extras-single-tab") as single_tab:
                     image = gr.Image(type="pil", label="Source image", sources=["upload", "clipboard"], height=360,
@@ -71,7 +73,7 @@ def build(ctx: UIContext) -> None:
                     input_dir = gr.Textbox(label="Input directory (inside Palette's data folder)",
                                            elem_id="extras-input-dir")
             for tab, name in ((single_tab, "single"), (batch_tab, "batch"), (folder_tab, "folder")):
-                tab.select(lambda n=name: n, outputs=source, queue=False, api_visibility="private")
+                tab.select(None, outputs=source, js=f"() => {name!r}", queue=False, api_visibility="private")
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize",
                                    elem_id="extras-resize-mode")
             scale = gr.Slider(1.0, 8.0, value=4.0, step=0.05, label="Resize", elem_id="extras-upscaling-resize")
