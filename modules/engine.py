@@ -20,6 +20,7 @@ from modules import config as config_mod
 from modules.checkpoints import ModelBundle, ema_only_view, load_checkpoint
 from modules.detection import detect
 from modules.devices import DevicePlan, plan_devices
+from modules.face_restore import FaceRestorers
 from modules.networks import NetworkRegistry
 from modules.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
 from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
@@ -122,6 +123,7 @@ class Engine:
         self.networks = NetworkRegistry(paths, self.hashes)
         self.upscalers = UpscalerRegistry(paths, device=self.plan.device, dtype=self.plan.unet_dtype,
                                           settings=lambda: self.settings)
+        self.face_restorers = FaceRestorers(paths, device=self.plan.device, dtype=self.plan.unet_dtype)
 
     # ---- settings -------------------------------------------------------------------------------
     def update_settings(self, **changes) -> config_mod.Settings:

@@ -2,9 +2,12 @@
 
 A1111's postprocessing_upscale: scale by a factor, or to a size (then optionally crop, centred), with
 one upscaler, optionally blended with a second one by visibility. The infotext is A1111's
-(`Postprocess upscale by: 2, Postprocess upscaler: R-ESRGAN 4x+`). Saved files go to
+(`Postprocess upscale by: 2, Postprocess upscaler: R-ESRGAN 4x+`). Then, as A1111's postprocessing
+order has it (upscale 1000, GFPGAN 2000, CodeFormer 3000), face restoration: GFPGAN, then CodeFormer,
+each blended in by its visibility (`modules.face_restore`), adding `GFPGAN visibility: 0.5`,
+`CodeFormer visibility: 0.5, CodeFormer weight: 0.5` to the infotext. Saved files go to
 `outputs/extras-images/` with the source's own chunks (its `parameters` stay) plus `postprocessing`
-and `extras`, as A1111 writes them. Face restoration is not available (see the README).
+and `extras`, as A1111 writes them.
 """
 from __future__ import annotations
 
@@ -24,10 +27,8 @@ log = logging.getLogger(__name__)
 MAX_RESULT_PIXELS = 4 * MAX_SIDE * MAX_SIDE
 MAX_FOLDER_IMAGES = 1000
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-FACE_RESTORATION_UNAVAILABLE = (
-    "face restoration is not available in Palette (GFPGAN and CodeFormer need a face detector and "
-    "landmark model that cannot be shipped or downloaded; see the README); send 0"
-)
+# (visibility field, restorer name) in A1111's order: GFPGAN before CodeFormer
+FACE_STEPS = (("gfpgan_visibility", "GFPGAN"), ("codeformer_visibility", "CodeFormer"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ExtrasOptions:
     extras_upscaler_2_visibility: float = 0.0
     gfpgan_visibility: float = 0.0
     codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0  # CodeFormer's fidelity: 0 = strongest restoration, 1 = closest to the input
 
     @classmethod
     def from_fields(cls, source: Any) -> "ExtrasOptions":
@@ -53,11 +55,19 @@ class ExtrasOptions:
         return cls(**{f: get(f, getattr(defaults, f)) for f in cls.__dataclass_fields__})
 
 
-def validate(opts: ExtrasOptions, upscalers: Collection[str]) -> None:
-    """Every bad field is a RequestError naming it, before any image work starts."""
-    for name in ("gfpgan_visibility", "codeformer_visibility"):
-        if getattr(opts, name):
-            raise RequestError(name, FACE_RESTORATION_UNAVAILABLE)
+def validate(opts: ExtrasOptions, upscalers: Collection[str], face_restorers: Any = None) -> None:
+    """Every bad field is a RequestError naming it, before any image work starts. `face_restorers`
+    (the Engine's `modules.face_restore.FaceRestorers`) says whether a requested restorer can run."""
+    for name in ("gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+        value = getattr(opts, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise RequestError(name, f"must be between 0 and 1, got {value!r}")
+    for name, restorer in FACE_STEPS:
+        if getattr(opts, name) > 0:
+            reason = (face_restorers.unavailable(restorer) if face_restorers is not None
+                      else "face restoration needs the engine's face-restorer registry")
+            if reason:
+                raise RequestError(name, f"{restorer} is not available: {reason}")
     for name in ("upscaler_1", "upscaler_2"):
         value = getattr(opts, name)
         if value not in upscalers:
@@ -112,6 +122,22 @@ def upscale(registry: Any, image: Image.Image, opts: ExtrasOptions, *,
         result = Image.blend(result, second, float(opts.extras_upscaler_2_visibility))
         info["Postprocess upscaler 2"] = opts.upscaler_2
     return result, ", ".join(f"{k}: {v}" for k, v in info.items())
+
+
+def restore_faces(face_restorers: Any, image: Image.Image, opts: ExtrasOptions) -> tuple[Image.Image, str]:
+    """A1111's GFPGAN then CodeFormer postprocessing steps → (image, their infotext part). A step whose
+    visibility is 0 is left out; one that finds no face still reports what was asked, as A1111 does."""
+    info: dict[str, str] = {}
+    for field, name in FACE_STEPS:
+        visibility = float(getattr(opts, field))
+        if visibility <= 0:
+            continue
+        weight = float(opts.codeformer_weight)
+        image, _faces = face_restorers.restore(image, name, visibility, codeformer_weight=weight)
+        info[f"{name} visibility"] = f"{round(visibility, 3):g}"
+        if name == "CodeFormer":
+            info["CodeFormer weight"] = f"{round(weight, 3):g}"
+    return image, ", ".join(f"{k}: {v}" for k, v in info.items())
 
 
 # ---- folders and saving ----------------------------------------------------------------------------
@@ -194,13 +220,16 @@ def run(engine: Any, sources: list[tuple[Image.Image, str]], opts: ExtrasOptions
     """The job the worker runs (a queue task with `pass_job=True`): each (image, name) upscaled and
     saved to the extras folder when asked. An interrupt stops before the next image; the images
     finished so far are kept. Progress counts images (step = images done)."""
-    validate(opts, engine.upscalers.names())
+    face_restorers = getattr(engine, "face_restorers", None)
+    validate(opts, engine.upscalers.names(), face_restorers)
     images, texts, paths = [], [], []
     settings = engine.settings
     for index, (image, name) in enumerate(sources):
         if cancel is not None and cancel.interrupted.is_set():
             break
         result, info = upscale(engine.upscalers, image, opts)
+        result, face_info = restore_faces(face_restorers, result, opts)
+        info = ", ".join(part for part in (info, face_info) if part)
         images.append(result)
         texts.append(info)
         if save_output:

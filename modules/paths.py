@@ -27,6 +27,8 @@ FOLDERS = {
     "dat": "DAT",
     "hat": "HAT",
     "upscale_models": "upscale_models",
+    "gfpgan": "GFPGAN",  # face restoration (modules/face_restore.py)
+    "codeformer": "Codeformer",
 }
 
 
@@ -122,5 +124,5 @@ class ModelPaths:
 
     def ensure(self) -> None:
         """Create the standard folders so users see where files go."""
-        for kind in ("checkpoints", "vae", "lora", "embeddings", "controlnet", "esrgan"):
+        for kind in ("checkpoints", "vae", "lora", "embeddings", "controlnet", "esrgan", "gfpgan", "codeformer"):
             self.folder(kind).mkdir(parents=True, exist_ok=True)

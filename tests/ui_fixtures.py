@@ -103,6 +103,9 @@ class FakeEngine:
 
         self.upscalers = UpscalerRegistry(ModelPaths.create(self.root), device=torch.device("cpu"),
                                           dtype=torch.float32, settings=lambda: self.settings)
+        from modules.face_restore import FaceRestorers
+
+        self.face_restorers = FaceRestorers(ModelPaths.create(self.root), device=torch.device("cpu"), dtype=torch.float32)
 
     # settings
     def update_settings(self, **changes) -> config_mod.Settings:

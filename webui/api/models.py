@@ -123,7 +123,7 @@ class GenerationResponse(BaseModel):
 
 
 class ExtrasFields(_Lenient):
-    """A1111's extras (upscale) options; face restoration is not available."""
+    """A1111's extras options: upscale, then GFPGAN and CodeFormer face restoration (each 0..1)."""
 
     resize_mode: int = 0
     show_extras_results: bool = True
@@ -229,6 +229,13 @@ class UpscalerItem(BaseModel):
     model_path: Optional[str] = None
     model_url: Optional[str] = None
     scale: Optional[float] = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: Optional[str] = Field(None, description="the folder its model file is read from")
+    model_path: Optional[str] = Field(None, description="Palette: the model file in use, if any")
+    unavailable: Optional[str] = Field(None, description="Palette: why it cannot run now (None when it can)")
 
 
 class LatentUpscalerModeItem(BaseModel):

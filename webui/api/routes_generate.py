@@ -98,7 +98,7 @@ def png_info(text: str) -> PNGInfoResponse:
 def extras_sources(ctx: ApiContext, body: Any, items: list[tuple[str, str]], field: str) -> tuple[list, extras.ExtrasOptions]:
     """Options checked and images decoded off the event loop, before the job is queued (fast 422s)."""
     opts = extras.ExtrasOptions.from_fields(body)
-    extras.validate(opts, ctx.engine.upscalers.names())
+    extras.validate(opts, ctx.engine.upscalers.names(), getattr(ctx.engine, "face_restorers", None))
     if not items:
         raise RequestError(field, "send at least one image ({data, name})")
     return [(decode_image(data, field), name) for data, name in items], opts
@@ -158,13 +158,14 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     async def extra_single_image(body: ExtrasSingleImageRequest) -> ExtrasSingleImageResponse:
         """Upscale one image with any upscaler GET /sdapi/v1/upscalers lists (PIL filters, ESRGAN-family
-        models); runs on the job queue. Face restoration fields must be 0 (not available)."""
+        models), then restore faces (`gfpgan_visibility`, `codeformer_visibility`, `codeformer_weight`;
+        GET /sdapi/v1/face-restorers says which can run); runs on the job queue."""
         images, info = await run_extras(ctx, body, [(body.image, "")], "image")
         return ExtrasSingleImageResponse(html_info=info, image=images[0])
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     async def extra_batch_images(body: ExtrasBatchImagesRequest) -> ExtrasBatchImagesResponse:
-        """Upscale several images ({data, name}) with the same options."""
+        """Upscale (and restore faces in) several images ({data, name}) with the same options."""
         images, info = await run_extras(ctx, body, [(i.data, i.name) for i in body.imageList], "imageList")
         return ExtrasBatchImagesResponse(html_info=info, images=images)
 

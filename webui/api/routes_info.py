@@ -15,7 +15,8 @@ from modules.validation import LATENT_UPSCALE_MODES, RequestError
 from webui.api import convert
 from webui.api.context import ApiContext, jsonable
 from webui.api.models import (
-    LatentUpscalerModeItem, PromptStyleItem, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem, UpscalerItem,
+    FaceRestorerItem, LatentUpscalerModeItem, PromptStyleItem, SamplerItem, SchedulerItem, SDModelItem, SDVaeItem,
+    UpscalerItem,
 )
 
 # A1111's scheduler table: (internal name, default rho, needs the model's sigma table)
@@ -51,6 +52,14 @@ def upscaler_items(ctx: ApiContext) -> list[UpscalerItem]:
         items.append(UpscalerItem(name=info.name, model_name=model_name,
                                   model_path=str(info.path) if info.path else None, scale=info.scale))
     return items
+
+
+def face_restorer_items(ctx: ApiContext) -> list[FaceRestorerItem]:
+    """A1111's list (name, cmd_dir), plus the file in use and why a restorer cannot run."""
+    registry = getattr(ctx.engine, "face_restorers", None)
+    infos = registry.list() if registry is not None else []
+    return [FaceRestorerItem(name=i.name, cmd_dir=str(i.folder), model_path=str(i.path) if i.path else None,
+                             unavailable=i.unavailable) for i in infos]
 
 
 def sd_models(ctx: ApiContext) -> list[SDModelItem]:
@@ -205,6 +214,10 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     async def upscalers() -> list[UpscalerItem]:
         return await ctx.run(upscaler_items, ctx)
 
+    @router.get("/face-restorers", response_model=list[FaceRestorerItem])
+    async def face_restorers() -> list[FaceRestorerItem]:
+        return await ctx.run(face_restorer_items, ctx)
+
     @router.get("/latent-upscale-modes", response_model=list[LatentUpscalerModeItem])
     async def latent_upscale_modes() -> list[LatentUpscalerModeItem]:
         return [LatentUpscalerModeItem(name=n) for n in LATENT_UPSCALE_MODES]
@@ -226,7 +239,7 @@ def build(ctx: ApiContext, auth: Callable[..., Any]) -> APIRouter:
     async def scripts() -> dict[str, list[str]]:
         return {"txt2img": [], "img2img": []}
 
-    for path in ("/extensions", "/script-info", "/hypernetworks", "/face-restorers", "/realesrgan-models", "/sd-modules"):
+    for path in ("/extensions", "/script-info", "/hypernetworks", "/realesrgan-models", "/sd-modules"):
         router.add_api_route(path, _empty_list, methods=["GET"], summary=f"{path[1:]} (none in Palette yet)")
 
     for path in ("/refresh-checkpoints", "/refresh-vae"):  # LoRA/embedding refresh: routes_networks
