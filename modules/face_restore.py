@@ -64,13 +64,14 @@ FOLDER_OF_ARCH = {arch: spec.kind for spec in RESTORERS for arch in spec.archite
 
 @dataclass(frozen=True)
 class FaceRestorerInfo:
-    """One entry of `/sdapi/v1/face-restorers`: the folder searched, the file chosen, and why the
-    restorer cannot run (None when it can)."""
+    """One entry of `/sdapi/v1/face-restorers`: the folder searched, the file chosen, why the restorer
+    cannot run (None when it can), and `unsupported`: the part of that reason no model file fixes."""
 
     name: str
     folder: Path
     path: Path | None
     unavailable: str | None
+    unsupported: str | None = None
 
 
 @dataclass
@@ -220,13 +221,12 @@ class FaceRestorers:
         spec = self.spec(name)
         folder = self.paths.folder(spec.kind)
         path = choose_file(self.paths.list_files(spec.kind, FACE_EXTENSIONS), spec.name)
-        reason = None
-        if spec.name == "CodeFormer":
-            reason = codeformer_architecture()[1]
+        unsupported = codeformer_architecture()[1] if spec.name == "CodeFormer" else None
+        reason = unsupported
         if reason is None and path is None:
-            reason = (f"no {spec.name} model: put one ({'codeformer-v0.2.0.pth' if spec.name == 'CodeFormer' else 'GFPGANv1.4.pth'}) "
-                      f"in {folder}")
-        return FaceRestorerInfo(spec.name, folder, path, reason)
+            example = "codeformer-v0.2.0.pth" if spec.name == "CodeFormer" else "GFPGANv1.4.pth"
+            reason = f"no {spec.name} model: put one ({example}) in {folder}"
+        return FaceRestorerInfo(spec.name, folder, path, reason, unsupported)
 
     def list(self) -> list[FaceRestorerInfo]:
         return [self.info(spec.name) for spec in RESTORERS]

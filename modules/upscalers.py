@@ -111,7 +111,8 @@ def not_an_upscaler(keys: list[str]) -> str | None:
             return what
     if {"clip_l", "clip_g"} & set(keys):
         return "a textual-inversion embedding (SDXL): put it in models/embeddings/"
-    if any(k.startswith("encoder.down") for k in keys) and any(k.startswith("decoder.up") for k in keys):
+    if (any(k.startswith("encoder.down") for k in keys) and any(k.startswith("decoder.up") for k in keys)
+            and "quantize.embedding.weight" not in keys):  # a VQ model (RestoreFormer) has both too
         return "a VAE: put it in models/VAE/"
     return None
 
@@ -164,7 +165,8 @@ def load_model_file(path: Path, *, device: torch.device, dtype: torch.dtype) -> 
                             "not an upscaler")
     if descriptor.purpose == "FaceSR":
         raise UpscalerError(f"{path.name}: a {descriptor.architecture.name} face-restoration model, not an "
-                            "upscaler (face restoration is not available in Palette; see the README)")
+                            "upscaler: put it in models/GFPGAN/ (GFPGAN, RestoreFormer) or models/Codeformer/ "
+                            "(CodeFormer), where the Extras tab's face restoration reads it")
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise UpscalerError(f"{path.name}: a {descriptor.architecture.name} model with {descriptor.input_channels} "
                             f"input and {descriptor.output_channels} output channels; only RGB models are supported")

@@ -1,7 +1,8 @@
-"""The Extras (upscale) tab: one image, uploaded files, or a server folder, through one or two upscalers.
+"""The Extras (upscale) tab: one image, uploaded files, or a server folder, through one or two upscalers,
+then GFPGAN and CodeFormer face restoration.
 
-The work itself is `modules.extras.run`, queued on the worker like a generation (model upscalers share
-the device). Results are saved to the extras folder with A1111's postprocess infotext. A server folder
+The work itself is `modules.extras.run`, queued on the worker like a generation (model upscalers and
+face restorers share the device). Results are saved to the extras folder with A1111's postprocess infotext. A server folder
 is read only inside Palette's data folder.
 """
 from __future__ import annotations
@@ -22,8 +23,16 @@ from webui.generation import error_html, notice_html
 
 TAB = "extras"
 RESIZE_MODES = ("Scale by", "Scale to")
-FACE_NOTE = ("Face restoration (GFPGAN, CodeFormer) is not available: it needs a face detector and landmark "
-             "model that Palette cannot ship or download.")
+
+
+def face_note(engine: Any) -> str:
+    """What cannot run whatever files are added (CodeFormer without its optional package); a missing
+    model file is reported, naming the folder, when Generate is clicked."""
+    registry = getattr(engine, "face_restorers", None)
+    if registry is None:
+        return "Face restoration is not available on this engine."
+    return "\n\n".join(f"{info.name} is not available: {info.unsupported}" for info in registry.list()
+                       if info.unsupported)
 
 
 def upscaler_choices(engine: Any) -> list[str]:
@@ -88,7 +97,17 @@ def build(ctx: UIContext) -> None:
                 upscaler_2 = gr.Dropdown(names, value="None", label="Upscaler 2", elem_id="extras-upscaler-2", scale=4)
                 visibility = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Upscaler 2 visibility",
                                        elem_id="extras-upscaler-2-visibility", scale=3)
-            gr.Markdown(FACE_NOTE, elem_id="extras-face-note", elem_classes=["palette-unavailable"])
+            gfpgan = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="GFPGAN visibility",
+                               elem_id="extras-gfpgan-visibility")
+            with gr.Row():
+                codeformer = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="CodeFormer visibility",
+                                       elem_id="extras-codeformer-visibility", scale=3)
+                codeformer_weight = gr.Slider(0.0, 1.0, value=0.5, step=0.001,
+                                              label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                              elem_id="extras-codeformer-weight", scale=3)
+            note = face_note(ctx.engine)
+            if note:
+                gr.Markdown(note, elem_id="extras-face-note", elem_classes=["palette-unavailable"])
         with gr.Column(scale=4):
             run_button = gr.Button("Generate", variant="primary", elem_id="extras-generate")
             progress = gr.HTML("", elem_id="extras-progress")
@@ -105,15 +124,16 @@ def build(ctx: UIContext) -> None:
 
     def run(request: gr.Request, source: str, image: Any, files: Any, input_dir: str, resize_mode: str,
             scale: float, width: float, height: float, crop: bool, upscaler_1: str, upscaler_2: str,
-            visibility: float) -> Iterator[dict[Any, Any]]:
+            visibility: float, gfpgan: float, codeformer: float, codeformer_weight: float) -> Iterator[dict[Any, Any]]:
         opts = extras.ExtrasOptions(
             resize_mode=RESIZE_MODES.index(resize_mode), upscaling_resize=float(scale),
             upscaling_resize_w=int(width), upscaling_resize_h=int(height), upscaling_crop=bool(crop),
             upscaler_1=upscaler_1 or "None", upscaler_2=upscaler_2 or "None",
-            extras_upscaler_2_visibility=float(visibility),
+            extras_upscaler_2_visibility=float(visibility), gfpgan_visibility=float(gfpgan),
+            codeformer_visibility=float(codeformer), codeformer_weight=float(codeformer_weight),
         )
         try:
-            extras.validate(opts, ctx.engine.upscalers.names())
+            extras.validate(opts, ctx.engine.upscalers.names(), getattr(ctx.engine, "face_restorers", None))
             items = sources_for(ctx, source, image, files, input_dir)
             job = ctx.queue.submit_task(functools.partial(extras.run, ctx.engine, items, opts, save_output=True),
                                         label=f"Upscale {len(items)} image(s) with {opts.upscaler_1}",
@@ -134,6 +154,6 @@ def build(ctx: UIContext) -> None:
                info: f"<div class='infotext-body'>{html.escape(text)}</div>"}
 
     run_button.click(run, inputs=[source, image, files, input_dir, resize_mode, scale, width, height, crop,
-                                  upscaler_1, upscaler_2, visibility],
+                                  upscaler_1, upscaler_2, visibility, gfpgan, codeformer, codeformer_weight],
                      outputs=[progress, gallery, info], concurrency_limit=None, show_progress="hidden",
                      api_visibility="private")
