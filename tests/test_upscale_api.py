@@ -105,8 +105,9 @@ def test_two_upscalers_blend_and_scale_to_with_crop(served):
 @pytest.mark.parametrize("change,field", [
     ({"upscaler_1": "4x-NotHere"}, "upscaler_1"),
     ({"upscaler_2": "Latent"}, "upscaler_2"),
-    ({"gfpgan_visibility": 0.5}, "gfpgan_visibility"),
-    ({"codeformer_visibility": 1}, "codeformer_visibility"),
+    ({"gfpgan_visibility": 0.5}, "gfpgan_visibility"),  # no model file in models/GFPGAN
+    ({"gfpgan_visibility": 1.5}, "gfpgan_visibility"),
+    ({"codeformer_weight": -0.5}, "codeformer_weight"),
     ({"upscaling_resize": 0}, "upscaling_resize"),
 ])
 def test_bad_extras_fields_are_422_naming_the_field(served, change, field):
@@ -114,6 +115,40 @@ def test_bad_extras_fields_are_422_naming_the_field(served, change, field):
     body = {"image": png_b64(Image.new("RGB", (16, 16))), "upscaler_1": "Lanczos", **change}
     r = client.post("/sdapi/v1/extra-single-image", json=body)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][1] == field, r.text
+
+
+def test_face_restorers_route_and_gfpgan_through_extra_single_image(served):
+    """No model: a 422 naming the folder; with a (tiny RestoreFormer) model in models/GFPGAN: 200 and
+    A1111's infotext. The folder is read on every request, so the file can come and go."""
+    from tests import face_models as fm
+
+    client, _ = served
+    restorers = {r["name"]: r for r in client.get("/sdapi/v1/face-restorers").json()}
+    assert list(restorers) == ["GFPGAN", "CodeFormer"]
+    folder = Path(restorers["GFPGAN"]["cmd_dir"])
+    assert folder.name == "GFPGAN" and folder.parent.name == "models" and restorers["GFPGAN"]["model_path"] is None
+    body = {"image": png_b64(fm.drawn_face(size=360), parameters="a face"), "upscaling_resize": 1,
+            "upscaler_1": "Lanczos", "gfpgan_visibility": 1}
+    missing = client.post("/sdapi/v1/extra-single-image", json=body)
+    assert missing.status_code == 422, missing.text
+    detail = missing.json()["detail"][0]
+    assert detail["loc"][1] == "gfpgan_visibility" and str(folder) in detail["msg"]
+    model = fm.save_pth(fm.restoreformer_tiny(seed=5), folder / "RestoreFormer.pth")
+    try:
+        assert client.get("/sdapi/v1/face-restorers").json()[0]["model_path"] == str(model)
+        r = client.post("/sdapi/v1/extra-single-image", json=body)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["html_info"] == "Postprocess upscale by: 1, Postprocess upscaler: Lanczos, GFPGAN visibility: 1"
+        image = decode(data["image"])
+        assert image.size == (360, 360) and image.info["parameters"] == "a face"
+        assert not np.array_equal(np.asarray(image.convert("RGB")), np.asarray(fm.drawn_face(size=360)))
+        batch = {"imageList": [{"data": body["image"], "name": "a.png"}], "upscaler_1": "None", "upscaling_resize": 1,
+                 "gfpgan_visibility": 0.5}
+        r = client.post("/sdapi/v1/extra-batch-images", json=batch)
+        assert r.status_code == 200 and r.json()["html_info"].endswith("GFPGAN visibility: 0.5"), r.text
+    finally:
+        model.unlink()
 
 
 def test_a_checkpoint_in_the_upscaler_folder_fails_naming_the_file_and_the_server_goes_on(served):
