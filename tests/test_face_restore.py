@@ -8,6 +8,7 @@ runs in the default suite; full-size GFPGAN/CodeFormer forward passes are `slow`
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import sys
@@ -354,3 +355,14 @@ def test_full_size_codeformer_weight_changes_the_result(tmp_path):
     assert count == 1 and low.size == image.size
     assert not np.array_equal(np.asarray(low), np.asarray(high))
 
+
+
+def test_the_extras_tab_notes_only_what_no_model_file_can_fix(tmp_path, monkeypatch):
+    from webui.tabs.upscale import face_note
+
+    engine = SimpleNamespace(face_restorers=registry(tmp_path))
+    if importlib.util.find_spec("spandrel_extra_arches") is not None:
+        assert face_note(engine) == ""  # missing files are reported on Generate, naming the folder
+    monkeypatch.setitem(sys.modules, "spandrel_extra_arches", None)
+    note = face_note(engine)
+    assert note.startswith("CodeFormer is not available: CodeFormer needs the optional package") and "GFPGAN" not in note

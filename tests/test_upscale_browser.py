@@ -1,7 +1,8 @@
 """The Extras (upscale) tab in a real browser: upload, pick a model upscaler, Generate, see the image.
 
 The server runs on the fake engine (no checkpoint is needed to upscale) with the real upscaler registry
-over its models folder, where a tiny random-weight Real-ESRGAN x4plus (BasicSR layout) is put.
+over its models folder, where a tiny random-weight Real-ESRGAN x4plus (BasicSR layout) is put, and a
+tiny random-weight RestoreFormer in models/GFPGAN for face restoration.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 
 from modules.queue import JobQueue
 from tests import ui_browser_helpers as ui
+from tests import face_models as fm
 from tests import upscaler_models as um
 from tests.ui_fixtures import FakeEngine
 
@@ -24,6 +26,7 @@ def server(tmp_path_factory):
     folder = root / "models" / "RealESRGAN"
     folder.mkdir(parents=True)
     save_file(um.esrgan_new(seed=3), str(folder / "RealESRGAN_x4plus.safetensors"))
+    fm.save_pth(fm.restoreformer_tiny(seed=6), root / "models" / "GFPGAN" / "RestoreFormer.pth")
     engine = FakeEngine(root)
     queue = JobQueue(engine, max_size=8)
     with ui.running_server(engine, queue) as url:
@@ -84,3 +87,23 @@ def test_batch_from_a_folder_inside_the_data_folder_only(page, server):
     page.wait_for_function("document.querySelectorAll('#extras-gallery img').length >= 2")
     names = sorted(p.name for p in (root / "outputs" / "extras-images").glob("*-in*.png"))
     assert [n.split("-", 1)[1] for n in names] == ["in0.png", "in1.png"]
+
+
+def test_gfpgan_slider_restores_the_face(page, server, tmp_path):
+    _, engine, root = server
+    source = tmp_path / "face.png"
+    fm.drawn_face(size=240, scale=0.6).save(source)
+    page.get_by_role("tab", name="Single Image", exact=True).click()
+    page.locator("#extras-image input[type=file]").set_input_files(str(source))
+    ui.choose(page, "extras-upscaler-1", "Lanczos")
+    ui.set_number(page, "extras-upscaling-resize", 1)
+    ui.set_number(page, "extras-gfpgan-visibility", 0.8)
+    assert page.locator("#extras-face-note").count() == 0  # GFPGAN and CodeFormer can both run here
+    page.locator("#extras-generate").click()
+    page.wait_for_function("document.querySelector('#extras-infotext')?.innerText?.includes('GFPGAN')")
+    assert page.locator("#extras-infotext").inner_text() == (
+        "Postprocess upscale by: 1, Postprocess upscaler: Lanczos, GFPGAN visibility: 0.8")
+    saved = max((root / "outputs" / "extras-images").glob("*.png"), key=lambda p: p.stat().st_mtime_ns)
+    with Image.open(saved) as image:
+        assert image.size == (240, 240) and image.info["extras"].endswith("GFPGAN visibility: 0.8")
+    assert page.errors == []
