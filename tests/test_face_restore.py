@@ -366,3 +366,12 @@ def test_the_extras_tab_notes_only_what_no_model_file_can_fix(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "spandrel_extra_arches", None)
     note = face_note(engine)
     assert note.startswith("CodeFormer is not available: CodeFormer needs the optional package") and "GFPGAN" not in note
+
+
+def test_a_face_model_in_an_upscaler_folder_is_sent_to_the_face_folders(tmp_path, tiny_sd):
+    """A RestoreFormer has encoder.down/decoder.up keys like a VAE: the upscaler registry still names it."""
+    fm.save_pth(tiny_sd, tmp_path / "models" / "ESRGAN" / "RestoreFormer.pth")
+    upscalers = UpscalerRegistry(ModelPaths.create(tmp_path), device=CPU, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"RestoreFormer\.pth: a RestoreFormer face-restoration model, not an "
+                                         r"upscaler: put it in models/GFPGAN/"):
+        upscalers.load("RestoreFormer")
