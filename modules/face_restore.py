@@ -112,7 +112,8 @@ def choose_file(files: list[Path], hint: str) -> Path | None:
     return max(named, key=lambda p: _natural(p.name))
 
 
-def load_restorer_file(path: Path, spec: RestorerSpec, *, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.dtype]:
+def load_restorer_file(path: Path, spec: RestorerSpec, *, device: torch.device,
+                       dtype: torch.dtype) -> tuple[Any, torch.dtype]:
     """Read `path` safely and build its spandrel model; a file that is no face restorer for `spec`'s
     folder is refused with a message naming the file and where it belongs."""
     import spandrel
@@ -142,7 +143,8 @@ def load_restorer_file(path: Path, spec: RestorerSpec, *, device: torch.device, 
         if arch in FOLDER_OF_ARCH:
             where = f"put it in models/{FOLDERS[FOLDER_OF_ARCH[arch]]}/"
         else:
-            where = "an upscaler: put it in models/ESRGAN/" if descriptor.purpose in ("SR", "Restoration") else "not usable here"
+            upscaler = descriptor.purpose in ("SR", "Restoration")
+            where = "an upscaler: put it in models/ESRGAN/" if upscaler else "not usable here"
         raise FaceRestoreError(f"{path.name}: a {arch} model, not a face-restoration model for {folder} ({where})")
     chosen = choose_dtype(dtype, descriptor.supports_half, descriptor.supports_bfloat16)
     descriptor.to(device=device, dtype=chosen).eval()

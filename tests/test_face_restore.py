@@ -162,6 +162,9 @@ def test_a_restoreformer_in_the_codeformer_folder_says_where_it_belongs(tmp_path
     fm.save_pth(tiny_sd, tmp_path / "models" / "Codeformer" / "codeformer-v0.2.0.pth")
     with pytest.raises(FaceRestoreError, match=r"codeformer-v0\.2\.0\.pth: a RestoreFormer model.*models/GFPGAN/"):
         registry(tmp_path).load("CodeFormer")
+    import spandrel
+
+    assert "CodeFormer" not in spandrel.MAIN_REGISTRY  # added to a private copy only
 
 
 def test_a_checkpoint_or_garbage_in_the_gfpgan_folder_is_refused_by_name(tmp_path):

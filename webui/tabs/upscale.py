@@ -2,8 +2,8 @@
 then GFPGAN and CodeFormer face restoration.
 
 The work itself is `modules.extras.run`, queued on the worker like a generation (model upscalers and
-face restorers share the device). Results are saved to the extras folder with A1111's postprocess infotext. A server folder
-is read only inside Palette's data folder.
+face restorers share the device). Results are saved to the extras folder with A1111's postprocess
+infotext. A server folder is read only inside Palette's data folder.
 """
 from __future__ import annotations
 
