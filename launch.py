@@ -105,6 +105,7 @@ def serve(options) -> int:  # noqa: ANN001 - LaunchOptions, imported lazily
     import logging
 
     from modules.engine import Engine
+    from modules.paths import BUNDLED_DEMO_MODEL
     from modules.queue import JobQueue
     from webui.server import launch_ui
 
@@ -114,6 +115,7 @@ def serve(options) -> int:  # noqa: ANN001 - LaunchOptions, imported lazily
         settings_path=options.data_dir / "config.json",
         plan=options.device_plan,
         outputs_root=options.data_dir,
+        bundled_demo=BUNDLED_DEMO_MODEL,
     )
     engine.paths.ensure()
     queue = JobQueue(engine, max_size=engine.settings.queue_max_size)

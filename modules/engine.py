@@ -22,14 +22,15 @@ from modules.detection import detect
 from modules.devices import DevicePlan, plan_devices
 from modules.face_restore import FaceRestorers
 from modules.networks import NetworkRegistry
-from modules.paths import CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
+from modules.paths import BUNDLED_DEMO_MODEL, CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
 from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
 from modules.upscalers import UpscalerInfo, UpscalerRegistry
-from modules.weights_io import SafetensorsFile, file_sha256, open_weights, stat_key
+from modules.weights_io import (SafetensorsFile, WeightFileError, file_sha256, open_weights,
+                                read_safetensors_header, stat_key)
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL_NAME = "palette-demo.safetensors"
+DEMO_MODEL_NAME = BUNDLED_DEMO_MODEL.name
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,12 @@ class Engine:
         settings_path: Path | None = None,
         plan: DevicePlan | None = None,
         outputs_root: Path | None = None,
+        bundled_demo: Path | None = None,
     ) -> None:
+        """`bundled_demo`: the demo checkpoint shipped with Palette, listed (last) when the checkpoint
+        folder has no file of that name, so a fresh --data-dir or --ckpt-dir still has a model."""
         self.paths = paths
+        self.bundled_demo = bundled_demo
         self.settings_path = settings_path
         loaded = config_mod.load_settings(settings_path) if settings_path else config_mod.LoadedSettings(config_mod.Settings())
         self.settings = settings or loaded.settings
@@ -144,8 +149,27 @@ class Engine:
             name = str(path.relative_to(folder)) if folder in path.parents else path.name
             sha = self.hashes.sha256(path, compute=False)
             infos.append(CheckpointInfo(name, path, sha[:10] if sha else None))
+        demo = self.bundled_demo
+        if demo is not None and demo.is_file() and not any(Path(i.name).name == DEMO_MODEL_NAME for i in infos):
+            sha = self.hashes.sha256(demo, compute=False)
+            infos.append(CheckpointInfo(DEMO_MODEL_NAME, demo, sha[:10] if sha else None))
         infos.sort(key=lambda i: (Path(i.name).name == DEMO_MODEL_NAME, i.name.lower()))
         return infos
+
+    def native_size(self, name: str | None) -> int | None:
+        """The picture size a checkpoint asks for in its safetensors metadata
+        (`palette.default_resolution`, which Palette's demo model carries), or None. Reads the header only."""
+        if not name:
+            return None
+        try:
+            path = self.find_checkpoint(name).path
+            if path.suffix.lower() != ".safetensors":
+                return None
+            value = read_safetensors_header(path)[2].get("palette.default_resolution")
+            size = int(value) if value else None
+        except (OSError, ValueError, WeightFileError):
+            return None
+        return size if size and 64 <= size <= 4096 and size % 8 == 0 else None
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         """Accept a file name, a relative name, a title with `[hash]`, a stem or a hash prefix."""

@@ -14,6 +14,10 @@ from typing import Iterable
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 VAE_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
+# The demo model that ships in the repository (models/Stable-diffusion/ of the install, not of the data
+# folder): offered whenever the checkpoint folder holds no file of that name, e.g. with --data-dir.
+BUNDLED_DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "Stable-diffusion" / "palette-demo.safetensors"
+
 # A1111's folder names, relative to the models directory.
 FOLDERS = {
     "checkpoints": "Stable-diffusion",

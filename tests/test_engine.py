@@ -118,6 +118,26 @@ def test_checkpoint_titles_carry_the_hash_and_the_demo_is_labelled(models):
     assert infos[-1].title.startswith("palette-demo.safetensors (demo model)")
 
 
+def test_the_bundled_demo_is_offered_when_the_checkpoint_folder_lacks_it(tmp_path):
+    """--data-dir or --ckpt-dir pointing at an empty folder still gets the demo model shipped with Palette."""
+    shipped = tmp_path / "install" / "palette-demo.safetensors"
+    write_tiny_checkpoint(shipped, "sd1", seed=3, metadata={"palette.default_resolution": "256"})
+    empty = tmp_path / "data"
+    engine = Engine(ModelPaths.create(empty), plan=PLAN, outputs_root=empty, bundled_demo=shipped)
+    assert [(i.name, i.path) for i in engine.list_checkpoints()] == [("palette-demo.safetensors", shipped)]
+    assert engine.native_size("palette-demo.safetensors") == 256  # the UI's size sliders follow it
+    engine.select_checkpoint("palette-demo.safetensors")
+    assert engine.current_checkpoint.path == shipped
+    own = tmp_path / "data" / "models" / "Stable-diffusion"
+    write_tiny_checkpoint(own / "mine.safetensors", "sd1", seed=4)
+    write_tiny_checkpoint(own / "palette-demo.safetensors", "sd1", seed=5)  # a user's copy wins
+    assert [(i.name, i.path) for i in engine.list_checkpoints()] == [
+        ("mine.safetensors", own / "mine.safetensors"), ("palette-demo.safetensors", own / "palette-demo.safetensors")]
+    assert engine.native_size("mine.safetensors") is None and engine.native_size("missing.safetensors") is None
+    other = tmp_path / "other"
+    assert Engine(ModelPaths.create(other), plan=PLAN, outputs_root=other).list_checkpoints() == []  # tests opt out
+
+
 class _Identity(torch.nn.Module):
     def __init__(self):
         super().__init__()

@@ -120,13 +120,14 @@ def tiny_state_dict(family: str = "sd1", *, in_channels: int = 4, seed: int = 0,
     return sd
 
 
-def write_tiny_checkpoint(path: Path, family: str = "sd1", *, dtype: torch.dtype = torch.float16, **kw) -> Path:
-    """Write a tiny checkpoint (.safetensors, or a .ckpt pickle of plain tensors)."""
+def write_tiny_checkpoint(path: Path, family: str = "sd1", *, dtype: torch.dtype = torch.float16,
+                          metadata: dict[str, str] | None = None, **kw) -> Path:
+    """Write a tiny checkpoint (.safetensors with optional metadata, or a .ckpt pickle of plain tensors)."""
     sd = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in tiny_state_dict(family, **kw).items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
-        save_file(sd, str(path))
+        save_file(sd, str(path), metadata=metadata)
     else:
         torch.save({"state_dict": sd}, path)
     return path
