@@ -77,6 +77,9 @@ def test_a_prompt_and_generate_give_a_picture_from_the_demo_model(started, brows
     try:
         page.goto(url)
         page.locator("#txt2img-generate").wait_for()
+        # the demo model names its native size (256) and the size sliders follow it
+        page.wait_for_function("document.querySelector('#txt2img-width input[type=number]')?.value == '256'")
+        assert ui.number_value(page, "txt2img-height") == "256"
         ui.fill_text(page, "txt2img-prompt", "a red circle on a blue background")
         page.locator("#txt2img-generate").click()
         ui.gallery_images(page, "txt2img").first.wait_for()
@@ -86,7 +89,7 @@ def test_a_prompt_and_generate_give_a_picture_from_the_demo_model(started, brows
         ui.screenshot(page, "first-run")
         page.close()
     assert infotext.startswith("a red circle on a blue background")
-    assert "Model: palette-demo" in infotext
+    assert "Model: palette-demo" in infotext and "Size: 256x256" in infotext
     saved = sorted((data / "outputs" / "txt2img-images").rglob("*.png"))
     assert len(saved) == 1, f"expected one saved picture under {data / 'outputs'}"
     with Image.open(saved[0]) as image:

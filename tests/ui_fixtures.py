@@ -120,6 +120,9 @@ class FakeEngine:
     def list_checkpoints(self) -> list[CheckpointInfo]:
         return list(self._infos)
 
+    def native_size(self, name: str | None) -> int | None:
+        return None  # no fake checkpoint names a native size
+
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         bare = name.split(" [")[0]
         for info in self._infos:

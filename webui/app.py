@@ -54,7 +54,24 @@ def model_status(ctx: UIContext) -> tuple[str, bool]:
     return "<span class='model-idle'>No model loaded yet; it loads with the first job.</span>", False
 
 
+SIZED_TABS = ("txt2img", "img2img", "inpaint")
+A1111_DEFAULT_SIZE = 512
+
+
+def size_widgets(ctx: UIContext) -> list[Any]:
+    """The width and height sliders of every generating tab."""
+    return [ctx.widgets[tab][key] for tab in SIZED_TABS if tab in ctx.widgets for key in ("width", "height")]
+
+
+def size_updates(ctx: UIContext, size: int | None) -> dict[Any, Any]:
+    """Width and height set to `size` (nothing changed for None)."""
+    return dict.fromkeys(size_widgets(ctx), size) if size else {}
+
+
 def wire_top_bar(ctx: UIContext, top: components.TopBar, status_timer: gr.Timer) -> None:
+    """Checkpoint, VAE and clip-skip controls. A checkpoint that names its native size (the demo model:
+    256) sets the size sliders when it is chosen, so a newcomer's first picture is drawn at the size
+    the model knows; leaving it for another model puts A1111's 512 back."""
     engine, queue = ctx.engine, ctx.queue
     checkpoint, vae, clip_skip = top.widgets["checkpoint"], top.widgets["vae"], top.widgets["clip_skip"]
 
@@ -73,10 +90,11 @@ def wire_top_bar(ctx: UIContext, top: components.TopBar, status_timer: gr.Timer)
             yield {top.status: f"<span class='palette-error'>{html.escape(job.error or '')}</span>", checkpoint: back}
             return
         engine.save_settings()
-        yield {top.status: model_status(ctx)[0]}
+        size = engine.native_size(name) or (A1111_DEFAULT_SIZE if current and engine.native_size(current.name) else None)
+        yield {top.status: model_status(ctx)[0], **size_updates(ctx, size)}
 
-    checkpoint.input(load_checkpoint, inputs=checkpoint, outputs=[top.status, checkpoint], api_visibility="private",
-                     concurrency_limit=None)
+    checkpoint.input(load_checkpoint, inputs=checkpoint, outputs=[top.status, checkpoint, *size_widgets(ctx)],
+                     api_visibility="private", concurrency_limit=None)
 
     def refresh() -> dict[Any, Any]:
         return {
@@ -137,9 +155,11 @@ def build_ui(engine: Any, queue: Any, options: Any = None) -> gr.Blocks:
                                                        value=components.checkpoint_value(engine)),
                 top.widgets["vae"]: gr.Dropdown(choices=components.vae_choices(engine), value=engine.settings.sd_vae),
                 top.widgets["clip_skip"]: engine.settings.CLIP_stop_at_last_layers,
+                **size_updates(ctx, engine.native_size(components.checkpoint_value(engine))),
             }
 
-        demo.load(on_load, outputs=[notices, top.status, status_timer, *top.widgets.values()], api_visibility="private")
+        demo.load(on_load, outputs=[notices, top.status, status_timer, *top.widgets.values(), *size_widgets(ctx)],
+                  api_visibility="private")
     demo.palette_context = ctx  # type: ignore[attr-defined]  # for tests and the API hook
     return demo
 
