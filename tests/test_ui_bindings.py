@@ -142,12 +142,12 @@ def test_token_counter_shows_what_the_engine_counts():
         def __init__(self) -> None:
             self.seen: list[str] = []
 
-        def token_count(self, prompt: str) -> tuple[int, int]:
+        def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
             self.seen.append(prompt)
             return 80, 150
 
     class Broken:
-        def token_count(self, prompt: str) -> tuple[int, int]:
+        def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
             raise RuntimeError("no tokenizer <yet>")
 
     engine = Counting()
@@ -155,6 +155,23 @@ def test_token_counter_shows_what_the_engine_counts():
     assert engine.seen == ["a cat <lora:x:1>"]  # the engine removes tags, not the UI
     assert token_label(engine, None) == "<span class='token-counter'>80/150</span>" and engine.seen[-1] == ""
     assert token_label(Broken(), "x") == "<span class='token-counter' title='no tokenizer &lt;yet&gt;'>?/75</span>"
+
+
+def test_negative_box_counts_and_as_text_like_a1111():
+    """A1111 counts the negative box with `is_positive=False`: `AND` is not split into parts there
+    (the negative prompt has no composable parts), so "cat AND dog" is 3 tokens, not max(1, 1)."""
+    from modules.networks import token_count
+    from webui.components import prompt_box
+
+    class Engine:
+        def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
+            return token_count(None, None, prompt, is_positive=is_positive)
+
+    with gr.Blocks() as demo:
+        prompt_box(Engine(), "txt2img", [])
+    counters = {demo.blocks[f.targets[0][0]].elem_id: f.fn for f in demo.fns.values() if f.fn is not None}
+    assert counters["txt2img-prompt-token-button"]("cat AND dog") == "<span class='token-counter'>1/75</span>"
+    assert counters["txt2img-negative-prompt-token-button"]("cat AND dog") == "<span class='token-counter'>3/75</span>"
 
 
 def test_styles_apply_and_save(tmp_path):

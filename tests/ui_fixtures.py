@@ -177,7 +177,7 @@ class FakeEngine:
     def list_embeddings(self) -> list[NetworkEntry]:
         return self._network_list("embeddings")
 
-    def token_count(self, prompt: str) -> tuple[int, int]:
+    def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
         self.token_prompts.append(prompt)
         count = rough_token_count(prompt)
         return count, max(75, -(-count // 75) * 75)

@@ -76,23 +76,24 @@ EMPTY_COUNT = "<span class='token-counter'>0/75</span>"  # shown before any text
 TOKEN_DEBOUNCE_MS = 400  # script.js waits this long after the last change before counting
 
 
-def token_label(engine: Any, text: str) -> str:
+def token_label(engine: Any, text: str, *, is_positive: bool = True) -> str:
     """A1111's `N/75` counter from `engine.token_count` (runs in Gradio's worker threads, never on the
     event loop). A failure shows `?` with the reason, and never an error popup while typing."""
     try:
-        count, limit = bindings.token_count(engine, text or "")
+        count, limit = bindings.token_count(engine, text or "", is_positive=is_positive)
     except Exception as exc:  # noqa: BLE001 - a counter must not break typing
         return f"<span class='token-counter' title='{html.escape(str(exc), quote=True)}'>?/75</span>"
     return f"<span class='token-counter'>{count}/{limit}</span>"
 
 
-def wire_token_counter(engine: Any, box: gr.Textbox, counter: gr.HTML) -> None:
+def wire_token_counter(engine: Any, box: gr.Textbox, counter: gr.HTML, *, is_positive: bool = True) -> None:
     """Debounced like A1111's: every change (typing, paste, Send to) only restarts a timer in the
-    browser; when it fires, a hidden button asks the server for the count of the latest text."""
+    browser; when it fires, a hidden button asks the server for the count of the latest text.
+    The negative box counts with `is_positive=False` (A1111's `update_negative_prompt_token_counter`)."""
     button = gr.Button("count tokens", visible="hidden", elem_id=f"{box.elem_id}-token-button")
     box.change(None, js=f"() => window.paletteCountTokensSoon('{box.elem_id}', {TOKEN_DEBOUNCE_MS})",
                api_visibility="private")
-    button.click(lambda text: token_label(engine, text), inputs=box, outputs=counter, queue=False,
+    button.click(lambda text: token_label(engine, text, is_positive=is_positive), inputs=box, outputs=counter, queue=False,
                  show_progress="hidden", trigger_mode="always_last", api_visibility="private")
 
 
@@ -111,8 +112,8 @@ def prompt_box(engine: Any, tab: str, style_names: list[str]) -> PromptBox:
             with gr.Row():
                 style_name = gr.Textbox(label="New style name", scale=3, elem_id=f"{tab}-style-name")
                 save_style = gr.Button("Save style", size="sm", scale=1, elem_id=f"{tab}-save-style")
-    for box, counter in ((prompt, prompt_tokens), (negative, negative_tokens)):
-        wire_token_counter(engine, box, counter)
+    wire_token_counter(engine, prompt, prompt_tokens)
+    wire_token_counter(engine, negative, negative_tokens, is_positive=False)
     return PromptBox(prompt, negative, prompt_tokens, negative_tokens, styles, apply_styles, save_style, style_name)
 
 
