@@ -191,8 +191,9 @@ def params_for(
         if r.hr_second_pass_steps:
             p["Hires steps"] = r.hr_second_pass_steps
         p["Hires upscaler"] = r.hr_upscaler
-    if "inpainting_mask_weight" in r.override_settings:
-        p["Conditional mask weight"] = r.override_settings["inpainting_mask_weight"]
+    # "Conditional mask weight" is not read from override_settings here: A1111 writes it only when the
+    # model takes inpainting conditioning (a 9-channel UNet, txt2img included), so the pipeline passes
+    # it in `extra` from the inpaint job; a 4-channel model never writes it, whatever the setting.
     for key, value in (extra or {}).items():
         p[key] = value
     emphasis = r.override_settings.get("emphasis")

@@ -241,8 +241,7 @@ ROUND_TRIP = [
     GenerationRequest(prompt="p", seed=13, init_images=(IMG,), mask=MASK, inpainting_fill=3, checkpoint="sd15"),
     GenerationRequest(prompt="p", seed=17, init_images=(IMG,), mask=MASK, soft_inpainting=True,
                       soft_inpainting_schedule_bias=1.5, soft_inpainting_preservation=0.25, soft_inpainting_contrast=3.0,
-                      outpaint_pad=(64, 0, 8, 16), inpainting_fill=2, override_settings={"inpainting_mask_weight": 0.5},
-                      checkpoint="sd15"),
+                      outpaint_pad=(64, 0, 8, 16), inpainting_fill=2, checkpoint="sd15"),
     GenerationRequest(prompt="p", seed=18, init_images=(IMG,), outpaint_pad=(0, 32, 0, 0), checkpoint="sd15"),
     GenerationRequest(prompt="p", seed=14, eta=0.5, s_churn=0.3, s_tmin=0.1, s_tmax=10.0, s_noise=1.003,
                       checkpoint="sd15", vae="vae-ft-mse.safetensors"),
@@ -264,6 +263,19 @@ def test_round_trip(request_):
                                  model_name=request_.checkpoint, vae_name=request_.vae)
     params.update(Prompt=request_.prompt, **{"Negative prompt": request_.negative_prompt})
     assert infotext.request_from_params(params, base) == request_
+
+
+def test_conditional_mask_weight_only_when_the_model_takes_inpainting_conditioning():
+    """A1111 writes the key only when `p.is_using_inpainting_conditioning` (a 9-channel model, whose
+    weight the pipeline passes in `extra`); the setting alone (a 4-channel model) writes nothing."""
+    request = GenerationRequest(prompt="p", seed=1, init_images=(IMG,), mask=MASK,
+                                override_settings={"inpainting_mask_weight": 0.5}, checkpoint="sd15")
+    four = infotext.build(request, seed=1, model_name="sd15")
+    assert "Conditional mask weight" not in four
+    nine = infotext.build(request, seed=1, model_name="sd15", extra={"Conditional mask weight": 0.5})
+    assert "Denoising strength: 0.75, Conditional mask weight: 0.5, RNG: CPU" in nine  # A1111's position
+    back = infotext.request_from_params(infotext.parse(nine), GenerationRequest(init_images=(IMG,), mask=MASK))
+    assert back == request
 
 
 def test_request_from_infotext_keeps_base_fields():

@@ -186,6 +186,8 @@ def test_nine_channel_txt2img_and_four_channel_inputs(engine):
         handle.remove()
     assert res.images[0].size == (64, 64) and seen[0].shape[1] == 9
     assert torch.equal(seen[0][:, 4], torch.ones_like(seen[0][:, 4]))  # txt2img: everything is "masked"
+    # A1111 sets is_using_inpainting_conditioning in txt2img too, so the key is written (weight unused)
+    assert "Conditional mask weight: 1," in res.infotexts[0]
     _, seen4, handle = _capture_unet_inputs(engine, MODELS["4ch"])
     try:
         engine.generate(_req(checkpoint=MODELS["4ch"], init_images=(picture(),), mask=square_mask(), steps=1))
@@ -277,6 +279,15 @@ def test_batches_counts_and_several_init_images_keep_each_picture_outside_the_ma
     with pytest.raises(RequestError, match="AND prompts"):
         engine.generate(_req(checkpoint=MODELS["9ch"], init_images=(first, second), mask=square_mask(box),
                              prompt="a cat AND a dog"))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["txt2img", "inpaint"])
+def test_four_channel_model_never_writes_conditional_mask_weight(engine, masked):
+    """A1111 writes it only for a model that takes inpainting conditioning, whatever the setting says."""
+    extra = {"init_images": (picture(),), "mask": square_mask()} if masked else {}
+    res = engine.generate(_req(checkpoint=MODELS["4ch"], steps=1, override_settings={"inpainting_mask_weight": 0.5},
+                               **extra))
+    assert "Conditional mask weight" not in res.infotexts[0]
 
 
 def test_nine_channel_model_runs_img2img_and_hires_fix(engine):
