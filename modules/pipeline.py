@@ -28,8 +28,8 @@ from modules.prompts import parse_extra_networks_batch
 from modules.sampling import noise as noise_mod
 from modules.sampling.denoiser import DiscreteSchedule
 from modules.sampling.samplers import (
-    SamplerInfo, img2img_sigmas, infotext_fields, plan_kwargs, resolve_sampler_name, resolve_scheduler, sampler_table,
-    sigmas_for,
+    SamplerInfo, img2img_sigmas, infotext_fields, plan_kwargs, progress_total, resolve_sampler_name, resolve_scheduler,
+    sampler_table, sigmas_for,
 )
 from modules.text_encoding import AdmParams
 from modules.types import GenerationRequest, ProgressEvent, Result
@@ -207,7 +207,7 @@ class _Run:
                                   post_cfg=tuple(self.bundle.unet.get_hooks("post_cfg"))
                                   + (self.masking.post_cfg if self.masking is not None else ()),
                                   always_uncond=plan.sampler.needs_uncond)
-        total = len(plan.sigmas) - 1
+        total = progress_total(plan.sampler, plan.sigmas, img2img=plan.img2img)  # = the callbacks it makes
         every = self.settings.live_preview_every
 
         def callback(info: dict) -> None:

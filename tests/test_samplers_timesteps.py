@@ -266,6 +266,50 @@ def test_call_counts_and_callbacks_as_a1111(steps, calls):
         assert set(seen[0]) >= {"x", "i", "sigma", "sigma_hat", "denoised"}
 
 
+@pytest.mark.parametrize("steps", [1, 2, 7, 20, 30, 36])
+@pytest.mark.parametrize("img2img", [False, True], ids=["txt2img", "img2img"])
+@pytest.mark.parametrize("label", ["DDIM", "DDIM CFG++", "PLMS", "UniPC"])
+def test_progress_total_is_the_number_of_callbacks_and_ends_at_100_percent(label, img2img, steps):
+    """The progress bar's total (what the pipeline reports) equals the callbacks the sampler makes, and
+    the last callback's step (i + 1) is that total. DDIM/PLMS make one fewer than their timesteps."""
+    info = SM.SAMPLERS[label]
+    sig = timestep_sigmas(SD, steps)
+    if img2img:
+        sig = SM.img2img_sigmas(info, sig, steps, int(0.5 * steps))
+    model, seen = Counter(gaussian), []
+    if info.needs_uncond:
+        model = _WithUncond(model)
+    start = (INIT + NOISE * sig[0]) if img2img else NOISE * sig[0]
+    info.fn(model, start, sig, callback=seen.append, is_img2img=img2img)
+    total = SM.progress_total(info, sig, img2img=img2img)
+    assert len(seen) == total, (len(seen), total)
+    if total:
+        assert seen[-1]["i"] + 1 == total
+
+
+class _WithUncond:
+    """A denoiser exposing `last_uncond` (what DDIM CFG++ needs): here the same prediction."""
+
+    def __init__(self, model):
+        self.model, self.last_uncond = model, None
+
+    def __call__(self, x, sigma, **kw):
+        self.last_uncond = self.model(x, sigma, **kw)
+        return self.last_uncond
+
+
+def test_pipeline_progress_ends_at_its_total_for_ddim(bundle):
+    events = []
+    for kw in ({}, {"init_images": (Image.new("RGB", (64, 64), (200, 30, 30)),), "denoising_strength": 0.5}):
+        events.clear()
+        request = GenerationRequest(prompt="a red circle", steps=20, width=64, height=64, seed=42, sampler_name="DDIM",
+                                    do_not_save=True, **kw)
+        pipeline.generate(None, bundle, request, settings=Settings(), checkpoint=None, progress=events.append,
+                          cancel=CancelToken())
+        steps = [e for e in events if e.total_steps]
+        assert steps and steps[-1].step == steps[-1].total_steps == len(steps), [(e.step, e.total_steps) for e in steps]
+
+
 # ---- the network's view -----------------------------------------------------------------------------------
 
 class Recorder:

@@ -30,7 +30,8 @@ from modules.sampling.samplers_multistep import (
     sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_3m_sde, sample_lms,
 )
 from modules.sampling.samplers_timesteps import (
-    sample_ddim, sample_ddim_cfgpp, sample_plms, sample_unipc, timestep_sigmas,
+    ddim_progress_steps, sample_ddim, sample_ddim_cfgpp, sample_plms, sample_unipc, timestep_sigmas,
+    unipc_progress_steps,
 )
 
 Callback = Callable[[dict], Any]
@@ -507,6 +508,7 @@ class SamplerInfo:
     automatic: sched.ScheduleFn = sched.uniform
     timesteps: bool = False
     table: Callable[[DiscreteSchedule], DiscreteSchedule] | None = None
+    progress_steps: Callable[[Tensor, bool], int] | None = None  # callbacks on (sigmas, img2img); None: len(sigmas) - 1
 
 
 _ETA = MappingProxyType({"eta": 1.0})
@@ -546,11 +548,12 @@ SAMPLERS: dict[str, SamplerInfo] = {i.label: i for i in (
     _info("DPM adaptive", sample_dpm_adaptive, ("k_dpm_ad",), options=("eta",), defaults=_ETA, stochastic=True,
           uses_ensd=True),
     _info("Restart", sample_restart, ("restart",), default_scheduler="Karras", stochastic=True, second_order=True),
-    _info("DDIM", sample_ddim, ("ddim",), options=("eta",), defaults=_ETA_DDIM, timesteps=True),
+    _info("DDIM", sample_ddim, ("ddim",), options=("eta",), defaults=_ETA_DDIM, timesteps=True,
+          progress_steps=ddim_progress_steps),
     _info("DDIM CFG++", sample_ddim_cfgpp, ("ddim_cfgpp",), options=("eta",), defaults=_ETA_DDIM,
-          needs_uncond=True, cfg_scale_multiplier=1 / 12.5, timesteps=True),
-    _info("PLMS", sample_plms, ("plms",), timesteps=True),
-    _info("UniPC", sample_unipc, ("unipc",), timesteps=True),
+          needs_uncond=True, cfg_scale_multiplier=1 / 12.5, timesteps=True, progress_steps=ddim_progress_steps),
+    _info("PLMS", sample_plms, ("plms",), timesteps=True, progress_steps=ddim_progress_steps),
+    _info("UniPC", sample_unipc, ("unipc",), timesteps=True, progress_steps=unipc_progress_steps),
     _info("LCM", sample_lcm, ("k_lcm",), stochastic=True, automatic=sched.lcm, table=LCMSchedule),
 )}
 
@@ -626,6 +629,14 @@ def sigmas_for(info: SamplerInfo, scheduler: str | None, schedule: DiscreteSched
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas
+
+
+def progress_total(info: SamplerInfo, sigmas: Tensor, *, img2img: bool) -> int:
+    """How many progress callbacks `info` makes on `sigmas` (the progress bar's total, so that it ends
+    at 100%): one per sigma step for k-diffusion samplers; timestep samplers say their own."""
+    if info.progress_steps is not None:
+        return info.progress_steps(sigmas, img2img)
+    return len(sigmas) - 1
 
 
 def img2img_sigmas(info: SamplerInfo, sigmas: Tensor, steps: int, t_enc: int) -> Tensor:

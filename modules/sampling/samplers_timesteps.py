@@ -54,6 +54,24 @@ def timesteps_of(schedule: DiscreteSchedule, sigmas: Tensor) -> list[int]:
     return [int(round(float(t))) for t in schedule.sigma_to_t(positive)]
 
 
+def visited_timesteps(sigmas: Tensor, is_img2img: bool) -> int:
+    """How many timesteps a timestep sampler visits on this plan: one per positive sigma, less the
+    noising one for img2img (as `_plan` drops it)."""
+    n = int((torch.as_tensor(sigmas).reshape(-1) > 0).sum())
+    return max(n - 1, 0) if is_img2img else n
+
+
+def ddim_progress_steps(sigmas: Tensor, is_img2img: bool) -> int:
+    """Progress callbacks of DDIM, DDIM CFG++ and PLMS: one per step between visited timesteps,
+    i.e. one fewer than the timesteps (20 steps: 19), so a progress total of `steps` never ends."""
+    return max(visited_timesteps(sigmas, is_img2img) - 1, 0)
+
+
+def unipc_progress_steps(sigmas: Tensor, is_img2img: bool) -> int:
+    """Progress callbacks of UniPC: one per visited timestep."""
+    return visited_timesteps(sigmas, is_img2img)
+
+
 def vp_start(x: Tensor, sigmas: Tensor, is_img2img: bool) -> Tensor:
     """A1111's VP start latent from k-diffusion's: txt2img x = noise·σ0 → the noise itself; img2img
     x = image + noise·σ0 → x·sqrt(ā) = image·sqrt(ā) + noise·sqrt(1-ā), with ā = 1/(1+σ0²)."""
