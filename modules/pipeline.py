@@ -70,6 +70,15 @@ def resolve_sampler(name: str, scheduler: str | None) -> tuple[SamplerInfo, str]
     return info, resolve_scheduler(info, scheduler)
 
 
+def schedule_steps(info: SamplerInfo, steps: int) -> int:
+    """The length, in denoiser calls, of the prompt-editing schedule (A1111's `total_steps`): the
+    requested steps, doubled for second-order samplers; never the steps a pass really runs. img2img
+    (denoise < 1) and hires passes run a shorter tail whose calls count from 0, so `[a:b:0.5]` there
+    switches after half of the *requested* steps' calls (often never), as in A1111. DDIM with 30 steps
+    visits 31 timesteps; its schedule is still 30 long."""
+    return steps * (2 if info.second_order else 1)
+
+
 def plan_pass(schedule: DiscreteSchedule, sampler: str, scheduler: str | None, steps: int,
               denoise: float | None) -> PassPlan:
     """txt2img: the whole schedule. img2img (A1111, without "img2img_fix_steps"): the tail of the
@@ -278,7 +287,7 @@ def generate(
     )
     first = plan_pass(run.schedule, request.sampler_name, request.scheduler, request.steps,
                       request.denoising_strength if request.is_img2img else None)
-    calls = (len(first.sigmas) - 1) * (2 if first.sampler.second_order else 1)
+    calls = schedule_steps(first.sampler, request.steps)
     run.first_pass_calls = calls
     with nets.text_applied():
         pos = encode_prompts(bundle.text, [prompt], calls, options)
@@ -388,7 +397,7 @@ def _hires(run: _Run, bundle: ModelBundle, request: GenerationRequest, samples: 
                            request.sampler_name if request.hr_sampler_name in same else request.hr_sampler_name,
                            request.scheduler if request.hr_scheduler in same else request.hr_scheduler,
                            steps, request.hr_denoising_strength)
-    calls = (len(plan.sigmas) - 1) * (2 if plan.sampler.second_order else 1)
+    calls = schedule_steps(plan.sampler, steps)
     hr_options = EncodeOptions(options.clip_skip, options.emphasis, options.comma_padding_backtrack,
                                options.embeddings, _adm(bundle, width, height))
     hr_prompt = parse_extra_networks_batch([request.hr_prompt or request.prompt])[0][0]

@@ -139,3 +139,59 @@ def test_request_error_passes_through_context_managers_unchanged():
         with applied():
             raise RequestError("prompt", "unknown LoRA 'x'")
     assert str(err.value) == "prompt: unknown LoRA 'x'" and err.value.field == "prompt"
+
+
+@pytest.fixture(scope="module")
+def sd1_bundle():
+    from modules.checkpoints import build_bundle
+    from tests.tiny_models import tiny_state_dict
+
+    return build_bundle(tiny_state_dict("sd1"), Path("tiny-sd1.safetensors"), PLAN)
+
+
+def _texts_per_call(bundle, request, texts):
+    """Which of `texts` the positive conditioning is, at each UNet call of `request`."""
+    from modules import pipeline
+    from modules.conditioning import EncodeOptions, encode_text
+    from modules.config import Settings
+
+    refs = {t: encode_text(bundle.text, t, EncodeOptions()).cross_attn[0] for t in texts}
+    seen = []
+
+    def hook(module, args, kwargs):
+        context = args[2][0]
+        seen.append(next((t for t, ref in refs.items() if torch.allclose(context, ref, atol=1e-5)), "?"))
+
+    handle = bundle.unet.model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        pipeline.generate(None, bundle, request, settings=Settings(), checkpoint=None, progress=None,
+                          cancel=CancelToken())
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("sampler, when, red_calls, calls", [
+    ("Euler", "0.5", 11, 11),  # schedule over 20 steps: red until call 10, i.e. the whole 11-call tail
+    ("Heun", "0.5", 21, 21),  # over 40 calls: red until call 20; Heun's tail makes 10·2 + 1 = 21 calls
+    ("Euler", "0.25", 6, 11),  # int(0.25·20) = 5: calls 0..5 red, then blue
+    ("Heun", "0.25", 11, 21),  # int(0.25·40) = 10: calls 0..10 red, then blue
+    ("Euler", "7", 8, 11),  # an integer step: calls 0..7 red
+])
+def test_img2img_prompt_editing_counts_like_a1111(sd1_bundle, sampler, when, red_calls, calls):
+    """A1111 builds the prompt schedule over the requested steps (×2 for second-order samplers), not
+    over the shorter img2img tail, and its denoiser counts calls from 0 at the tail's first call."""
+    image = Image.new("RGB", (64, 64), (120, 60, 200))
+    request = GenerationRequest(prompt=f"a [red:blue:{when}] circle", steps=20, width=64, height=64, seed=1,
+                                sampler_name=sampler, cfg_scale=5.0, init_images=(image,), denoising_strength=0.5,
+                                do_not_save=True)
+    seen = _texts_per_call(sd1_bundle, request, ("a red circle", "a blue circle"))
+    assert seen == ["a red circle"] * red_calls + ["a blue circle"] * (calls - red_calls)
+
+
+def test_ddim_prompt_schedule_is_as_long_as_the_requested_steps(sd1_bundle):
+    """DDIM at 36 steps visits 38 timesteps (37 calls); A1111 still schedules over 36: int(0.5·36) = 18."""
+    request = GenerationRequest(prompt="a [red:blue:0.5] circle", steps=36, width=64, height=64, seed=1,
+                                sampler_name="DDIM", cfg_scale=5.0, do_not_save=True)
+    seen = _texts_per_call(sd1_bundle, request, ("a red circle", "a blue circle"))
+    assert seen == ["a red circle"] * 19 + ["a blue circle"] * 18
