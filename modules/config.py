@@ -68,6 +68,11 @@ class Settings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+# The settings that name an output folder (A1111's `outdir_*`), owned here with the fields: the web
+# server serves files from these folders and Extras' "Batch from Directory" may read them.
+OUTDIR_SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(Settings) if f.name.startswith("outdir_"))
+
+
 def defaults() -> dict[str, Any]:
     """Default value of every option."""
     out: dict[str, Any] = {}

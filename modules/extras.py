@@ -18,6 +18,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from PIL import Image
 
+from modules.config import OUTDIR_SETTINGS
 from modules.paths import FOLDERS, within
 from modules.types import ProgressEvent
 from modules.validation import MAX_SIDE, RequestError
@@ -147,7 +148,7 @@ def input_roots(engine: Any, data_dir: Path) -> tuple[list[Path], list[Path]]:
     read; no model folder may, even where it lies inside the data folder (the default layout)."""
     settings = engine.settings
     roots = [Path(data_dir)]
-    for name in ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids"):
+    for name in OUTDIR_SETTINGS:
         try:
             roots.append(engine.output_dir(getattr(settings, name)))
         except (AttributeError, ValueError):  # an unset or unsafe setting adds nothing

@@ -72,3 +72,23 @@ def test_extras_files_are_saved_by_outputs_save_image_with_the_sources_chunks(tm
         assert read_infotext(image) == line
     assert sorted(p.name for p in folder.iterdir()) == ["00000-7.png", "00001-in0.png", "00002.png", "00003-x.jpg"]
     assert not hasattr(extras, "_SAVE_LOCK")  # one counter lock, in modules.outputs
+
+
+def test_every_output_folder_setting_is_served_and_readable(tmp_path):
+    """One list of output-folder settings (modules.config.OUTDIR_SETTINGS, every `outdir_*` field) feeds
+    both the web server's served folders and Extras' readable roots: a folder added to Settings is in both."""
+    from dataclasses import fields
+
+    from modules.config import OUTDIR_SETTINGS, Settings
+    from webui.server import served_folders
+
+    names = [f.name for f in fields(Settings) if f.name.startswith("outdir_")]
+    assert list(OUTDIR_SETTINGS) == names and len(names) >= 4
+    data = tmp_path / "data"
+    engine = FakeEngine(data)
+    folders = {name: tmp_path / "out" / name for name in names}
+    engine.update_settings(**{name: str(folder) for name, folder in folders.items()})
+    expected = sorted(str(folder.resolve()) for folder in folders.values())
+    assert served_folders(engine, data) == expected
+    roots, _ = extras.input_roots(engine, data)
+    assert sorted(str(p.resolve()) for p in roots[1:]) == expected

@@ -12,10 +12,11 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from modules.config import OUTDIR_SETTINGS
+
 log = logging.getLogger(__name__)
 STYLE_CSS = Path(__file__).with_name("style.css")
 SCRIPT_JS = Path(__file__).with_name("script.js")
-OUTDIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples", "outdir_grids")
 MAX_UPLOAD = "64mb"
 ApiHook = Callable[[Any], None]  # receives the FastAPI app; adds routes (not middleware: it is running)
 
