@@ -98,6 +98,18 @@ def real(tmp_path_factory):
         yield served
 
 
+@pytest.mark.parametrize("extra, schedule", [({}, "Automatic"), ({"sampler_name": "DPM++ 2M"}, "Karras"),
+                                             ({"sampler_name": "DDIM"}, "Automatic")])
+def test_request_without_scheduler_writes_a1111s_schedule_type(real, extra, schedule):
+    """A1111 1.10: the API leaves p.scheduler unset, process_images' fix_p_invalid_sampler_and_scheduler
+    makes it "Automatic" (written as is: Euler, the API's default sampler, and DDIM), and a sampler with a
+    default schedule writes that one (DPM++ 2M: Karras)."""
+    r = real.client.post("/sdapi/v1/txt2img", json={"prompt": "a red fox", "seed": 1, **SMALL, "steps": 1, **extra})
+    assert r.status_code == 200, r.text
+    text = json.loads(r.json()["info"])["infotexts"][0]
+    assert f", Schedule type: {schedule}, " in text, text
+
+
 def field_of(response: httpx.Response) -> str:
     assert response.status_code == 422, response.text
     return response.json()["detail"][0]["loc"][1]
