@@ -21,10 +21,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+from typing import TYPE_CHECKING
 
 from modules.nn.assign import assign_weights
 from modules.weights_io import WeightFileError, materialize
+
+if TYPE_CHECKING:  # transformers is imported when a text encoder is built: it costs seconds at start-up
+    from transformers import CLIPTextConfig
 
 HEAD_WIDTH = 64  # every CLIP text encoder SD uses has 64-wide attention heads
 
@@ -48,6 +51,8 @@ class TextEncoderConfig:
 
     def to_hf(self) -> CLIPTextConfig:
         """The transformers config object (never fetched from the hub)."""
+        from transformers import CLIPTextConfig
+
         config = CLIPTextConfig(
             vocab_size=self.vocab_size,
             hidden_size=self.hidden_size,
@@ -98,6 +103,8 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
         self.config = config
+        from transformers import CLIPTextModel
+
         model = CLIPTextModel(config.to_hf())
         # transformers < 5 wraps the transformer as `.text_model`; 5.x's CLIPTextModel is the transformer.
         self.text_model = getattr(model, "text_model", model)
