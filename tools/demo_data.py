@@ -141,26 +141,45 @@ def render(scene: Scene, size: int = 256, supersample: int = 2) -> Image.Image:
     return image.resize((size, size), Image.Resampling.BOX) if supersample > 1 else image
 
 
-def caption(scene: Scene, rng: random.Random, *, p_drop_position: float = 0.1,
-            p_drop_background: float = 0.1, p_partial: float = 0.08) -> str:
-    """A caption for the scene, worded a little differently each call.
+# The attributes a caption can name, each with its possible values; `caption_and_labels` says which
+# ones a caption named (the others are None). The trainer uses these to teach the text encoder.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "color": COLOR_NAMES,
+    "shape": SHAPES,
+    "background": COLOR_NAMES,
+    "position": tuple(POSITIONS),
+    "size": tuple(SIZES),
+}
+
+
+def caption_and_labels(scene: Scene, rng: random.Random, *, p_drop_position: float = 0.1,
+                       p_drop_background: float = 0.1, p_partial: float = 0.08) -> tuple[str, dict[str, str | None]]:
+    """A caption for the scene, worded a little differently each call, and what it names.
 
     Some captions leave out the position or the background, and a few name only one attribute
     ("red", "a star", "blue background"), so each word also means something on its own (which is what
     makes a negative prompt like "red" steer away from red)."""
+    named: dict[str, str | None] = dict.fromkeys(ATTRIBUTES)
     if rng.random() < p_partial:
-        return rng.choice((
-            scene.color,
-            f"a {scene.color} shape",
-            f"something {scene.color}",
-            f"a {scene.shape}",
-            scene.shape,
-            f"{scene.background} background",
-            f"on a {scene.background} background",
-            rng.choice(_POSITION_PHRASES[scene.position]),
-            f"a {scene.color} {scene.shape}",
+        color, shape, bg, pos = scene.color, scene.shape, scene.background, scene.position
+        text, keys = rng.choice((
+            (color, ("color",)),
+            (f"a {color} shape", ("color",)),
+            (f"something {color}", ("color",)),
+            (f"a {shape}", ("shape",)),
+            (shape, ("shape",)),
+            (f"{bg} background", ("background",)),
+            (f"on a {bg} background", ("background",)),
+            (rng.choice(_POSITION_PHRASES[pos]), ("position",)),
+            (f"a {color} {shape}", ("color", "shape")),
         ))
-    size = f"{scene.size} " if rng.random() < 0.5 else ""
+        for key in keys:
+            named[key] = getattr(scene, key)
+        return text, named
+    named["color"], named["shape"] = scene.color, scene.shape
+    size = ""
+    if rng.random() < 0.5:
+        size, named["size"] = f"{scene.size} ", scene.size
     obj = f"{size}{scene.color} {scene.shape}"
     article = "an" if obj[0] in "aeiou" else "a"
     pos = rng.choice(_POSITION_PHRASES[scene.position])
@@ -168,6 +187,7 @@ def caption(scene: Scene, rng: random.Random, *, p_drop_position: float = 0.1,
     with_bg = rng.random() >= p_drop_background
     bg = scene.background
     if with_bg:
+        named["background"] = bg
         body = rng.choice((
             f"{article} {obj} on a {bg} background",
             f"{article} {obj} on {bg}",
@@ -177,9 +197,16 @@ def caption(scene: Scene, rng: random.Random, *, p_drop_position: float = 0.1,
     else:
         body = rng.choice((f"{article} {obj}", obj))
     if not with_pos:
-        return body
-    return rng.choice((f"{body}, {pos}", f"{body} {pos}" if pos.startswith(("in ", "on ", "at ")) else f"{body}, {pos}",
+        return body, named
+    named["position"] = scene.position
+    text = rng.choice((f"{body}, {pos}", f"{body} {pos}" if pos.startswith(("in ", "on ", "at ")) else f"{body}, {pos}",
                        f"{pos}: {body}"))
+    return text, named
+
+
+def caption(scene: Scene, rng: random.Random, **kwargs: float) -> str:
+    """Only the text of `caption_and_labels`."""
+    return caption_and_labels(scene, rng, **kwargs)[0]
 
 
 def prompt_for(color: str, shape: str, background: str, position: str | None = None) -> str:

@@ -12,12 +12,15 @@ engine builds it at inference (75-token chunks with BOS/EOS and EOS padding, fin
 
 Steps:
 1. draw a seeded set of pictures (tools/demo_data.py): one shape, named colours, nine positions;
-2. train a small KL autoencoder (8x down, 4 latent channels) on crops of them;
+2. train a small KL autoencoder (8x down, 4 latent channels) on crops of them, then on whole pictures;
 3. encode every picture once and fold the latent statistics into `quant_conv`/`post_quant_conv`, so
    that latent * 0.18215 (SD1's constant) has zero mean and unit variance;
-4. train the UNet and the text encoder together on eps-prediction (SD's scaled-linear betas, min-SNR
-   weighting, caption dropout for classifier-free guidance, EMA of the weights);
-5. save the EMA weights in fp16 with metadata that marks the file as a demo and names its resolution.
+4. teach the text encoder the vocabulary on the captions alone (heads that read colour, shape,
+   background, position and size from it; thrown away afterwards), then freeze it;
+5. train the UNet on v-prediction (SD's scaled-linear betas, min-SNR weighting, offset noise, caption
+   dropout for classifier-free guidance, EMA of the weights);
+6. save the EMA weights in fp16, with the `v_pred` marker key and metadata that marks the file as a demo
+   and names its resolution.
 """
 from __future__ import annotations
 
@@ -72,21 +75,26 @@ class Recipe:
     text_hidden: int = 128
     text_layers: int = 3
     text_intermediate: int = 512
+    text_steps: int = 200  # pre-training on the captions alone (see train_text)
+    text_batch: int = 128
+    text_lr: float = 2e-3
     # UNet
     unet_channels: int = 32
     unet_mult: tuple[int, ...] = (1, 2, 4)
     unet_res_blocks: int = 1
     unet_attention: tuple[int, ...] = (0, 1, 1)  # transformer depth per level
-    unet_steps: int = 2600
+    unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 50
     min_snr_gamma: float = 5.0
     p_uncond: float = 0.15
+    offset_noise: float = 0.1  # std of a per-picture, per-channel constant added to the noise (see train_unet)
+    prediction: str = "v"  # "v" (v-prediction, marked by a `v_pred` key in the file) or "eps" (see train_unet)
     ema_decay: float = 0.999
 
 
-QUICK = dict(images=96, vae_steps=40, vae_full_steps=4, vae_full_batch=2, vae_batch=8, unet_steps=40, unet_batch=8, unet_warmup=5)
+QUICK = dict(images=96, text_steps=20, vae_steps=40, vae_full_steps=4, vae_full_batch=2, vae_batch=8, unet_steps=40, unet_batch=8, unet_warmup=5)
 
 
 def log(msg: str) -> None:
@@ -252,7 +260,71 @@ def fold_latent_scale(vae, latents: torch.Tensor) -> torch.Tensor:
     return (latents - m[None, :, None, None]) * c
 
 
-# ---- phase 4: UNet + text encoder -----------------------------------------------------------------
+# ---- phase 3: the text encoder learns the vocabulary ----------------------------------------------
+
+def _states_that_see_everything(hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """[B, 77, H] → [B, 2, H]: the first EOS and the last padding position. The encoder is causal, so
+    these are the states that have read the whole caption (the UNet attends to all 77)."""
+    first_eos = (ids == ids.max()).int().argmax(dim=1)  # EOS (49407) is the largest id
+    rows = torch.arange(len(ids))
+    return torch.stack([hidden[rows, first_eos], hidden[:, -1]], dim=1)
+
+
+def train_text(text_model, scenes, recipe: Recipe, device) -> float:
+    """Teach the text encoder what each caption names, before the UNet sees it, and return the final
+    accuracy.
+
+    Trained only through the UNet's loss, the encoder learned shape words but kept every colour word at
+    its random initial embedding (the first shipped model drew the same picture for "red" and "white").
+    Here linear heads read colour, shape, background, position and size ("none" when not named) from the
+    states that have read the whole caption; the heads are thrown away, and the encoder is then frozen
+    while the UNet learns to use what it says. Text only: seconds per hundred steps on a CPU."""
+    ids_for = TextIds()
+    rng = random.Random(recipe.seed + 4)
+    heads = torch.nn.ModuleDict({
+        key: torch.nn.Linear(recipe.text_hidden, len(values) + 1) for key, values in demo_data.ATTRIBUTES.items()
+    }).to(device)
+    index = {key: {v: i + 1 for i, v in enumerate(values)} for key, values in demo_data.ATTRIBUTES.items()}
+    params = list(text_model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.text_lr, weight_decay=0.0)
+    text_model.train()
+    t0 = time.time()
+    accuracy = 0.0
+    for step in range(recipe.text_steps):
+        lr = recipe.text_lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / recipe.text_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        prompts, targets = [], {key: [] for key in heads}
+        for _ in range(recipe.text_batch):
+            if rng.random() < 0.05:
+                text, named = "", dict.fromkeys(demo_data.ATTRIBUTES)
+            else:
+                text, named = demo_data.caption_and_labels(rng.choice(scenes), rng)
+            prompts.append(text)
+            for key in heads:
+                targets[key].append(0 if named[key] is None else index[key][named[key]])
+        ids = ids_for(prompts).to(device)
+        states = _states_that_see_everything(encode_text(text_model, ids), ids)  # [B, 2, H]
+        loss = torch.zeros((), device=device)
+        right = total = 0
+        for key, head in heads.items():
+            target = torch.tensor(targets[key], device=device)
+            logits = head(states)  # [B, 2, classes]
+            loss = loss + F.cross_entropy(logits.flatten(0, 1), target.repeat_interleave(2))
+            right += (logits.argmax(-1) == target[:, None]).all(dim=1).sum().item()
+            total += len(target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        accuracy = right / total
+        if step % 50 == 0 or step == recipe.text_steps - 1:
+            log(f"text step {step}/{recipe.text_steps} loss {loss.item():.4f} attribute accuracy {accuracy:.3f} "
+                f"({(time.time() - t0) / (step + 1):.3f} s/step)")
+    text_model.eval()
+    return accuracy
+
+
+# ---- phase 4: UNet (the text encoder frozen) -------------------------------------------------------
 
 class EMA:
     def __init__(self, modules: list[torch.nn.Module], decay: float) -> None:
@@ -284,22 +356,23 @@ class EMA:
 
 def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, device, autocast,
                snapshot=None, snapshot_every: int = 0) -> EMA:
-    """`snapshot(ema)` runs every `snapshot_every` steps, so a long run leaves a usable model behind."""
+    """`snapshot(ema)` runs every `snapshot_every` steps, so a long run leaves a usable model behind.
+    The text encoder (trained by `train_text`) stays frozen: the UNet learns to read it."""
     ids_for = TextIds()
     rng = random.Random(recipe.seed + 2)
     gen = torch.Generator().manual_seed(recipe.seed + 3)
     alphas = sd_alphas_cumprod()
     snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=recipe.min_snr_gamma) / snr  # min-SNR-gamma for eps prediction
+    # min-SNR-gamma (Hang et al. 2023) in the form that keeps weight 1 at high noise for either target
+    weights = torch.clamp(snr, max=recipe.min_snr_gamma) / snr
     decay, no_decay = [], []
-    for m in (unet, text_model):
-        for name, p in m.named_parameters():
-            (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
+    for name, p in unet.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=recipe.unet_lr, betas=(0.9, 0.99))
-    ema = EMA([unet, text_model], recipe.ema_decay)
+    ema = EMA([unet], recipe.ema_decay)
     unet.train()
-    text_model.train()
+    text_model.eval().requires_grad_(False)
     steps = recipe.unet_steps
     t0 = time.time()
     running = None
@@ -310,21 +383,33 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, n, (recipe.unet_batch,), generator=gen)
-        x0 = latents[idx].to(device)
+        x0 = latents[idx].to(device) * SD1_LATENT_SCALE  # the UNet's space: what the engine samples in
         prompts = ["" if rng.random() < recipe.p_uncond else demo_data.caption(scenes[i], rng) for i in idx.tolist()]
         t = torch.randint(0, 1000, (recipe.unet_batch,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen)
+        # Offset noise (Guttenberg 2023; Lin et al. 2023, "Common diffusion noise schedules ... are
+        # flawed"): SD's last timestep still leaks the picture's mean latent, which for a flat picture *is*
+        # the background colour. Without the offset the UNet learns to read the colour from that leak and,
+        # at inference (pure noise), draws whatever mean the noise happens to have: grey-purple
+        # backgrounds that ignore the prompt. With it the mean must come from the text.
+        noise = (noise + recipe.offset_noise * torch.randn((*x0.shape[:2], 1, 1), generator=gen)).to(device)
         a = alphas[t].to(device)[:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with autocast():
-            context = encode_text(text_model, ids_for(prompts).to(device))
+            with torch.no_grad():
+                context = encode_text(text_model, ids_for(prompts).to(device))
             pred = unet(xt, t.to(device).float(), context)
-        per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        # v-prediction (Salimans & Ho 2022), as SD 2.x-v models use: at the noisiest steps the target
+        # v = sqrt(a) eps - sqrt(1-a) x0 is nearly -x0, so the loss there asks for the picture itself.
+        # With eps-prediction the background colour is decided in exactly those steps but barely shows
+        # in the eps loss (an x0 error e costs e^2 * SNR, 0.005 e^2 at t=999): the eps UNet ignored the
+        # text at high noise and left the background colour to chance.
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if recipe.prediction == "v" else noise
+        per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weights[t].to(device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        torch.nn.utils.clip_grad_norm_(text_model.parameters(), 1.0)
         opt.step()
         ema.update(step)
         if snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
@@ -335,16 +420,17 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
             log(f"unet step {step}/{steps} mse {running:.4f} lr {lr:.2e} ({el / (step + 1):.2f} s/step, "
                 f"eta {el / (step + 1) * (steps - step - 1) / 60:.1f} min)")
     unet.eval()
-    text_model.eval()
     return ema
 
 
 # ---- saving -----------------------------------------------------------------------------------------
 
-def save_checkpoint(path: Path, unet, vae, text_model, metadata: dict[str, str]) -> None:
+def save_checkpoint(path: Path, unet, vae, text_model, metadata: dict[str, str], *, v_prediction: bool) -> None:
+    """The SD1 key layout; a v-prediction model carries the empty `v_pred` tensor that ComfyUI, Forge and
+    Palette read as "this model predicts v" (modules.detection)."""
     from safetensors.torch import save_file
 
-    sd: dict[str, torch.Tensor] = {}
+    sd: dict[str, torch.Tensor] = {"v_pred": torch.tensor([])} if v_prediction else {}
     for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
                            ("cond_stage_model.transformer.", text_model)):
         for key, value in module.state_dict().items():
@@ -356,35 +442,6 @@ def save_checkpoint(path: Path, unet, vae, text_model, metadata: dict[str, str])
     save_file(sd, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     log(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB, {len(sd)} tensors)")
-
-
-# ---- validation without the engine ---------------------------------------------------------------
-
-@torch.no_grad()
-def trainer_only_sample(unet, vae, text_model, prompts: list[str], seed: int, *, negative: str = "",
-                        steps: int = 20, cfg: float = 7.0, device=torch.device("cpu")) -> list:
-    """A minimal Euler sampler over SD's discrete sigmas (CFG, eps prediction), for checking a model
-    while training when the engine's pipeline is unavailable. Palette's users and tests use the Engine."""
-    from PIL import Image
-
-    ids_for = TextIds()
-    alphas = sd_alphas_cumprod()
-    sigmas_table = ((1 - alphas) / alphas).sqrt()
-    ts = torch.linspace(999, 0, steps)
-    sigmas = torch.cat([sigmas_table[ts.round().long()], torch.zeros(1)])
-    cond = encode_text(text_model, ids_for(prompts).to(device))
-    uncond = encode_text(text_model, ids_for([negative] * len(prompts)).to(device))
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((len(prompts), 4, RESOLUTION // 8, RESOLUTION // 8), generator=gen).to(device) * sigmas[0]
-    for i in range(steps):
-        s = sigmas[i]
-        xin = torch.cat([x, x]) / (s**2 + 1).sqrt()
-        t = torch.full((2 * len(prompts),), float(ts[i]), device=device)
-        eps_c, eps_u = unet(xin, t, torch.cat([cond, uncond])).float().chunk(2)
-        eps = eps_u + cfg * (eps_c - eps_u)
-        x = x + eps * (sigmas[i + 1] - s)  # Euler step on d = eps
-    pixels = vae.decode(x / SD1_LATENT_SCALE).float().clamp(-1, 1).add(1).mul(127.5).round().byte()
-    return [Image.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
 
 
 # ---- generating with the engine ------------------------------------------------------------------
@@ -517,7 +574,18 @@ def main(argv: list[str] | None = None) -> int:
         vae_note = "trained in this run"
     vae.eval()
     t_vae = time.time() - started
-    latents = fold_latent_scale(vae, encode_all(vae, pixels, device, autocast))
+    latent_file = vae_file.with_name(vae_file.stem.replace("vae-", "latents-") + ".safetensors")
+    if args.reuse_vae and latent_file.is_file() and vae_note != "trained in this run":
+        from safetensors.torch import load_file
+
+        raw = load_file(str(latent_file))["latents"]
+        log(f"reused {latent_file.name} (this autoencoder's encodings of the same pictures)")
+    else:
+        from safetensors.torch import save_file
+
+        raw = encode_all(vae, pixels, device, autocast)
+        save_file({"latents": raw.contiguous()}, str(latent_file))
+    latents = fold_latent_scale(vae, raw)
     log(f"latents {tuple(latents.shape)}: scaled std {(latents * SD1_LATENT_SCALE).std():.3f}")
     vae.requires_grad_(False)
 
@@ -531,13 +599,14 @@ def main(argv: list[str] | None = None) -> int:
             "modelspec.description": "Palette's tiny demo model: one coloured shape on a flat background, "
                                      "trained from scratch by tools/train_demo_model.py. Not a general model.",
             "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
-            "modelspec.prediction_type": "epsilon",
+            "modelspec.prediction_type": "v" if recipe.prediction == "v" else "epsilon",
             "palette.training": json.dumps({
                 "command": " ".join(["tools/train_demo_model.py", *(argv if argv is not None else sys.argv[1:])]),
                 "recipe": asdict(recipe),
                 "seconds": round(elapsed),
                 "unet_steps_done": unet_steps_done,
                 "vae_seconds": round(t_vae),
+                "text_attribute_accuracy": round(text_accuracy, 4),
                 "vae": vae_note,
                 "device": str(device),
                 "threads": torch.get_num_threads(),
@@ -548,13 +617,15 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     def snapshot(ema, done: int) -> None:
-        ema.save_snapshot(lambda: save_checkpoint(args.out, unet, vae, text_model, metadata(done)))
+        ema.save_snapshot(lambda: save_checkpoint(args.out, unet, vae, text_model, metadata(done),
+                                                            v_prediction=recipe.prediction == "v"))
 
+    text_accuracy = train_text(text_model, scenes, recipe, device)
     ema = train_unet(unet, text_model, latents, scenes, recipe, device, autocast, snapshot=snapshot,
                      snapshot_every=20 if args.quick else 500)
     ema.copy_to()
     elapsed = time.time() - started
-    save_checkpoint(args.out, unet, vae, text_model, metadata(recipe.unet_steps))
+    save_checkpoint(args.out, unet, vae, text_model, metadata(recipe.unet_steps), v_prediction=recipe.prediction == "v")
     log(f"training took {elapsed / 60:.1f} min")
     if not args.no_grid and not args.quick:
         draw_grid(args.out, args.grid_out)
