@@ -65,12 +65,12 @@ def engine(tmp_path_factory):
 
 
 def generate(engine, prompt: str, *, negative: str = "", cfg: float = 7.0, seed: int = 1, count: int = SEEDS,
-             steps: int = STEPS):
+             steps: int = STEPS, checkpoint: str = MODEL.name):
     from modules.types import GenerationRequest
 
     request = GenerationRequest(prompt=prompt, negative_prompt=negative, steps=steps, cfg_scale=cfg,
                                 width=SIZE, height=SIZE, seed=seed, batch_size=count, do_not_save=True,
-                                checkpoint=MODEL.name)
+                                checkpoint=checkpoint)
     result = engine.generate(request)
     assert len(result.images) == count
     return [demo_data.measure(im) for im in result.images]
@@ -152,5 +152,5 @@ def test_quick_training_writes_a_loadable_model(tmp_path):
     out = tmp_path / "models" / "quick.safetensors"
     assert train_demo_model.main(["--quick", "--out", str(out)]) == 0
     engine = make_engine(out.parent, tmp_path / "outputs")
-    ms = generate(engine, "a red circle on a blue background", count=1, steps=4)
+    ms = generate(engine, "a red circle on a blue background", count=1, steps=4, checkpoint=out.name)
     assert len(ms) == 1
