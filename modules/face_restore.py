@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 
 from modules.face_detect import FaceBox, HaarFaceDetector, crop_matrix, paste, warp_crop
+from modules.model_cache import FileModelCache
 from modules.paths import FOLDERS, ModelPaths
 from modules.upscalers import choose_dtype, not_an_upscaler
 from modules.weights_io import WeightFileError, materialize, open_weights
@@ -81,7 +81,6 @@ class LoadedRestorer:
     descriptor: Any  # spandrel.ImageModelDescriptor
     architecture: str
     dtype: torch.dtype
-    stamp: tuple[int, int]
 
 
 def codeformer_architecture() -> tuple[Any | None, str | None]:
@@ -210,7 +209,7 @@ class FaceRestorers:
         self.device = device
         self.dtype = dtype
         self._lock = threading.RLock()
-        self._models: OrderedDict[Path, LoadedRestorer] = OrderedDict()
+        self._models: FileModelCache[LoadedRestorer] = FileModelCache(MODELS_KEPT)
         self._detector: HaarFaceDetector | None = None
 
     def spec(self, name: str) -> RestorerSpec:
@@ -249,24 +248,17 @@ class FaceRestorers:
         info = self.info(name)
         if info.unavailable or info.path is None:
             raise FaceRestoreError(info.unavailable or f"no {info.name} model")
-        stat = info.path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            cached = self._models.get(info.path)
-            if cached is not None and cached.stamp == stamp:
-                self._models.move_to_end(info.path)
-                return cached
+
+        def build() -> LoadedRestorer:
             descriptor, dtype = load_restorer_file(info.path, self.spec(name), device=self.device, dtype=self.dtype)
-            loaded = LoadedRestorer(info.name, info.path, descriptor, descriptor.architecture.name, dtype, stamp)
-            self._models[info.path] = loaded
-            while len(self._models) > MODELS_KEPT:
-                self._models.popitem(last=False)
+            loaded = LoadedRestorer(info.name, info.path, descriptor, descriptor.architecture.name, dtype)
             log.info("face restorer %s: %s (%s)", info.path.name, loaded.architecture, dtype)
             return loaded
 
+        return self._models.get(info.path, build)
+
     def unload(self) -> None:
-        with self._lock:
-            self._models.clear()
+        self._models.clear()
 
     def restore(self, image: Image.Image, name: str, visibility: float, *,
                 codeformer_weight: float = 0.5) -> tuple[Image.Image, int]:

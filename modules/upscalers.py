@@ -16,7 +16,6 @@ import logging
 import math
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modules.model_cache import FileModelCache
 from modules.paths import ModelPaths
 from modules.tiling import run_tiled
 from modules.validation import PIXEL_UPSCALERS
@@ -85,7 +85,6 @@ class LoadedUpscaler:
     scale: int
     align: int
     dtype: torch.dtype
-    stamp: tuple[int, int]
 
     @property
     def device(self) -> torch.device:
@@ -216,7 +215,7 @@ class UpscalerRegistry:
         self.dtype = dtype
         self._settings = settings
         self._lock = threading.RLock()
-        self._models: OrderedDict[Path, LoadedUpscaler] = OrderedDict()
+        self._models: FileModelCache[LoadedUpscaler] = FileModelCache(MODELS_KEPT)
         self._scales: dict[Path, int] = {}
 
     # -- listing --
@@ -253,29 +252,23 @@ class UpscalerRegistry:
         info = self.find(name)
         if info.kind != "model" or info.path is None:
             raise UpscalerError(f"{name!r} is a PIL filter, not a model")
-        stat = info.path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            cached = self._models.get(info.path)
-            if cached is not None and cached.stamp == stamp:
-                self._models.move_to_end(info.path)
-                return cached
+
+        def build() -> LoadedUpscaler:
             try:
                 descriptor, facts = load_model_file(info.path, device=self.device, dtype=self.dtype)
             except WeightFileError as exc:
                 raise UpscalerError(str(exc)) from None
             loaded = LoadedUpscaler(info.name, info.path, descriptor, facts["architecture"], facts["scale"],
-                                    facts["align"], facts["dtype"], stamp)
-            self._models[info.path] = loaded
-            self._scales[info.path] = loaded.scale
-            while len(self._models) > MODELS_KEPT:
-                self._models.popitem(last=False)
+                                    facts["align"], facts["dtype"])
+            with self._lock:
+                self._scales[info.path] = loaded.scale
             log.info("upscaler %s: %s %dx (%s)", info.path.name, loaded.architecture, loaded.scale, loaded.dtype)
             return loaded
 
+        return self._models.get(info.path, build)
+
     def unload(self) -> None:
-        with self._lock:
-            self._models.clear()
+        self._models.clear()
 
     def _tiling(self) -> tuple[int, int]:
         settings = self._settings() if self._settings else None

@@ -283,7 +283,7 @@ def test_half_precision_nans_switch_the_model_to_fp32():
             self.model.to(dtype)
             return self
 
-    loaded = LoadedRestorer("GFPGAN", Path("x.pth"), Descriptor(), "RestoreFormer", torch.bfloat16, (0, 0))
+    loaded = LoadedRestorer("GFPGAN", Path("x.pth"), Descriptor(), "RestoreFormer", torch.bfloat16)
     x = torch.linspace(-1, 1, 12).reshape(1, 3, 2, 2)
     out = run_network(loaded, x)
     assert torch.equal(out, x) and loaded.dtype == torch.float32 and loaded.descriptor.model.w.dtype == torch.float32
