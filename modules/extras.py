@@ -94,7 +94,10 @@ def _scale_for(image: Image.Image, opts: ExtrasOptions) -> float:
 
 def upscale(registry: Any, image: Image.Image, opts: ExtrasOptions, *,
             on_tile: Callable[[int, int], None] | None = None) -> tuple[Image.Image, str]:
-    """One image through A1111's extras upscale → (image, "Postprocess …" infotext)."""
+    """One image through A1111's extras upscale → (image, "Postprocess …" infotext). Upscaler 1 "None"
+    leaves the step out, size and infotext included (A1111 does not resize then, nor run upscaler 2)."""
+    if opts.upscaler_1 == "None":
+        return image.convert("RGB"), ""
     scale = _scale_for(image, opts)
     if image.width * scale * image.height * scale > MAX_RESULT_PIXELS:
         raise RequestError("upscaling_resize", f"the result would exceed {MAX_RESULT_PIXELS} pixels")

@@ -146,9 +146,22 @@ def test_face_restorers_route_and_gfpgan_through_extra_single_image(served):
         batch = {"imageList": [{"data": body["image"], "name": "a.png"}], "upscaler_1": "None", "upscaling_resize": 1,
                  "gfpgan_visibility": 0.5}
         r = client.post("/sdapi/v1/extra-batch-images", json=batch)
-        assert r.status_code == 200 and r.json()["html_info"].endswith("GFPGAN visibility: 0.5"), r.text
+        # upscaler 1 "None" leaves the upscale step out: no Postprocess keys (A1111)
+        assert r.status_code == 200 and r.json()["html_info"] == "GFPGAN visibility: 0.5", r.text
     finally:
         model.unlink()
+
+
+def test_upscaler_none_leaves_the_picture_as_it_is(served):
+    client, _ = served
+    source = Image.new("RGB", (24, 16), (200, 30, 40))
+    body = {"image": png_b64(source), "upscaler_1": "None", "upscaler_2": "Nearest",
+            "extras_upscaler_2_visibility": 0.5, "upscaling_resize": 3}
+    r = client.post("/sdapi/v1/extra-single-image", json=body)
+    assert r.status_code == 200, r.text
+    image = decode(r.json()["image"])
+    assert image.size == (24, 16) and r.json()["html_info"] == ""
+    assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(source))
 
 
 def test_a_checkpoint_in_the_upscaler_folder_fails_naming_the_file_and_the_server_goes_on(served):
