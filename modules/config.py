@@ -40,6 +40,12 @@ class Settings:
     precision: str = option("auto", "Compute", "Precision", ("auto", "fp32", "bf16", "fp16"))
     no_half_vae: bool = option(False, "Compute", "Keep the VAE in fp32")
     vae_tile_size: int = option(512, "Compute", "VAE tile size (pixels) for large images", minimum=256, maximum=2048)
+    # A1111's face-restoration settings. GFPGAN by default (A1111: CodeFormer), because Palette's
+    # install never adds the CodeFormer architecture (non-commercial licence; docs/face-restoration.md).
+    face_restoration: bool = option(False, "Face restoration", "Restore faces after every generation")
+    face_restoration_model: str = option("GFPGAN", "Face restoration", "Face restoration model", ("GFPGAN", "CodeFormer"))
+    code_former_weight: float = option(0.5, "Face restoration", "CodeFormer weight (0 = strongest effect, 1 = least)",
+                                       minimum=0.0, maximum=1.0)
     ESRGAN_tile: int = option(192, "Upscaling", "Upscaler tile size (input pixels, 0 = no tiling)", minimum=0, maximum=1024)
     ESRGAN_tile_overlap: int = option(32, "Upscaling", "Upscaler tile overlap (input pixels)", minimum=0, maximum=256)
     eta_ancestral: float = option(1.0, "Sampler parameters", "Eta for ancestral samplers", minimum=0.0, maximum=1.0)

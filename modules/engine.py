@@ -20,11 +20,12 @@ from modules import config as config_mod
 from modules.checkpoints import ModelBundle, ema_only_view, load_checkpoint
 from modules.detection import detect
 from modules.devices import DevicePlan, plan_devices
-from modules.face_restore import FaceRestorers
+from modules.face_restore import FaceRestoreError, FaceRestorers
 from modules.networks import NetworkRegistry
 from modules.paths import BUNDLED_DEMO_MODEL, CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
 from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
 from modules.upscalers import UpscalerInfo, UpscalerRegistry
+from modules.validation import RequestError
 from modules.weights_io import (SafetensorsFile, WeightFileError, file_sha256, open_weights,
                                 read_safetensors_header, stat_key)
 
@@ -242,6 +243,23 @@ class Engine:
 
         validate_request(request, upscalers=self.hr_upscaler_names())
         check_request(self.networks, request)
+        settings = self.settings.with_overrides(request.override_settings) if request.override_settings else self.settings
+        self.face_restorer_for(request, settings)
+
+    def face_restorer_for(self, request: GenerationRequest, settings: config_mod.Settings) -> str | None:
+        """The face restorer a job runs after decoding (A1111's restore_faces; None follows the "Restore
+        faces" setting), or None. One that cannot run is a RequestError naming `restore_faces`."""
+        wanted = request.restore_faces if request.restore_faces is not None else settings.face_restoration
+        if not wanted:
+            return None
+        name = settings.face_restoration_model
+        try:
+            reason = self.face_restorers.unavailable(name)
+        except FaceRestoreError as exc:
+            reason = str(exc)
+        if reason:
+            raise RequestError("restore_faces", f"face restoration model {name} is not available: {reason}")
+        return self.face_restorers.spec(name).name
 
     def model_hash(self, path: Path) -> str:
         return (self.hashes.sha256(path) or "")[:10]

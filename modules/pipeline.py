@@ -268,6 +268,7 @@ def generate(
     if bundle.detection.variant not in ("", "inpaint"):
         raise RequestError("checkpoint", f"{bundle.detection.label} checkpoints are not supported yet; "
                                          "use a normal or an inpainting checkpoint")
+    restorer = engine.face_restorer_for(request, settings) if engine is not None else None
     prompts_clean, _ = parse_extra_networks_batch([request.prompt])
     nets = networks.prepare_job(getattr(engine, "networks", None), bundle, request)  # LoRAs, embeddings
     bundle = nets.bundle
@@ -341,6 +342,10 @@ def generate(
                 samples = part.final(samples)
             decoded = vae.decode(samples, tile_latent=max(settings.vae_tile_size // 8, 32))
             pictures = tensor_to_pil(decoded)
+            if restorer is not None:  # A1111: faces restored before the inpaint paste-back
+                pictures = [engine.face_restorers.restore(picture, restorer, 1.0,
+                                                          codeformer_weight=settings.code_former_weight)[0]
+                            for picture in pictures]
             if part is not None:  # inpaint: back to the full canvas, the original pasted over the unmasked part
                 pictures = [part.finish(picture, j) for j, picture in enumerate(pictures)]
             if progress is not None and not interrupted:  # (interrupted: the Result follows at once)
@@ -349,7 +354,8 @@ def generate(
                 index = it * request.batch_size + j
                 text = _infotext(engine, bundle, checkpoint, request, all_seeds[index], all_subseeds[index], vae_path,
                                  first, settings,
-                                 {**nets.infotext_params(), **(masked.infotext if masked is not None else {})})
+                                 {**nets.infotext_params(), **(masked.infotext if masked is not None else {}),
+                                  **({"Face restoration": restorer} if restorer else {})})
                 images.append(picture)
                 infotexts.append(text)
                 seeds_out.append(all_seeds[index])
@@ -374,6 +380,7 @@ def generate(
         "scheduler": first.scheduler, "cfg_scale": request.cfg_scale, "steps": request.steps,
         "width": request.width, "height": request.height, "model_family": bundle.detection.label,
         "is_using_inpainting_conditioning": bundle.detection.variant == "inpaint",
+        "restore_faces": restorer is not None, "face_restoration_model": restorer,
         "elapsed_s": round(time.monotonic() - run.started, 3), "grid_path": grid_path, **nets.info(),
     }
     return Result(tuple(images), tuple(infotexts), tuple(seeds_out), tuple(subseeds_out),

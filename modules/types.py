@@ -65,6 +65,8 @@ class GenerationRequest:
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int = 1
+    # A1111's restore_faces: None follows the "Restore faces" setting (face_restoration)
+    restore_faces: bool | None = None
     eta: float | None = None
     s_churn: float = 0.0
     s_tmin: float = 0.0

@@ -142,6 +142,14 @@ def test_errors_raised_inside_the_engine_are_still_422(real):
     assert real.client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a cat"}).status_code == 200
 
 
+def test_restore_faces_without_a_face_model_is_422_naming_it_and_says_where_to_put_one(real):
+    r = real.client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a face", "restore_faces": True})
+    assert field_of(r) == "restore_faces"
+    assert "GFPGAN" in r.json()["detail"][0]["msg"] and str(Path("models") / "GFPGAN") in r.json()["detail"][0]["msg"]
+    r = real.client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a face", "restore_faces": False})
+    assert r.status_code == 200 and json.loads(r.json()["info"])["restore_faces"] is False
+
+
 def test_img2img_accepts_data_urls_base64_and_a_mask(real):
     picture = Image.new("RGB", (80, 48), (200, 30, 30))
     body = {"prompt": "red", "seed": 3, "init_images": [png_b64(picture, data_url=True), png_b64(picture)],

@@ -88,9 +88,8 @@ def _notes(body: Any) -> list[str]:
                      "no feature in Palette owns these scripts yet")
     if body.script_name and not (getattr(body, "init_images", None) and is_sd_upscale(body.script_name)):
         notes.append(f"script_name {body.script_name!r} ignored: scripts are not supported yet")
-    for name in ("restore_faces", "tiling"):
-        if getattr(body, name):
-            notes.append(f"{name} ignored: not supported yet")
+    if body.tiling:
+        notes.append("tiling ignored: not supported yet")
     for name in ("refiner_checkpoint", "hr_checkpoint_name"):
         value = getattr(body, name, None)
         if value and value not in ("None", "Use same checkpoint"):
@@ -127,6 +126,7 @@ def to_request(ctx: ApiContext, body: GenerationFields, *, img2img: bool) -> tup
         eta=body.eta, s_churn=body.s_churn or 0.0, s_tmin=body.s_tmin or 0.0,
         s_tmax=body.s_tmax or float("inf"), s_noise=1.0 if body.s_noise is None else body.s_noise,
         checkpoint=checkpoint, override_settings=overrides, styles=tuple(body.styles or ()),
+        restore_faces=body.restore_faces,
         do_not_save=(not body.save_images) or body.do_not_save_samples,
     )
     if not img2img and hasattr(body, "enable_hr"):
