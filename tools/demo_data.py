@@ -216,6 +216,20 @@ def prompt_for(color: str, shape: str, background: str, position: str | None = N
     return f"{text}, {position}" if position else text
 
 
+# The prompts the demo model is scored on (tests/test_demo_model.py, tools/score_demo_model.py):
+# (colour, shape, background, position); every colour appears once as a shape and once as a background.
+SCORE_PROMPTS: tuple[tuple[str, str, str, str], ...] = (
+    ("red", "circle", "blue", "top left"),
+    ("yellow", "star", "black", "center"),
+    ("green", "square", "white", "bottom right"),
+    ("blue", "triangle", "yellow", "top right"),
+    ("pink", "heart", "purple", "bottom left"),
+    ("white", "circle", "green", "bottom"),
+    ("orange", "square", "blue", "left"),
+    ("purple", "star", "orange", "right"),
+)
+
+
 def make_dataset(count: int, seed: int, size: int = 256) -> tuple[list[Scene], np.ndarray]:
     """`count` scenes and their pictures as uint8 [N, size, size, 3], reproducible from `seed`."""
     rng = random.Random(seed)

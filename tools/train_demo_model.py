@@ -1,6 +1,6 @@
-"""Train Palette's demo model ("shapes") from nothing, on a CPU, in about an hour.
+"""Train Palette's demo model ("shapes") from nothing, on a CPU, in under 90 minutes.
 
-    .venv/bin/python tools/train_demo_model.py                # full training (~1 h on 2 CPU cores)
+    .venv/bin/python tools/train_demo_model.py                # full training (~85 min on 2 CPU cores)
     .venv/bin/python tools/train_demo_model.py --quick --out /tmp/q.safetensors   # a few minutes
     .venv/bin/python tools/train_demo_model.py --grid         # only redraw docs/demo-grid.png
 
@@ -17,14 +17,16 @@ Steps:
    that latent * 0.18215 (SD1's constant) has zero mean and unit variance;
 4. teach the text encoder the vocabulary on the captions alone (heads that read colour, shape,
    background, position and size from it; thrown away afterwards), then freeze it;
-5. train the UNet on v-prediction (SD's scaled-linear betas, min-SNR weighting, offset noise, caption
-   dropout for classifier-free guidance, EMA of the weights);
+5. train the UNet on v-prediction (SD's scaled-linear betas, min-SNR weighting, offset noise, the top
+   timesteps on pure noise as the sampler starts, caption dropout for classifier-free guidance, EMA of
+   the weights);
 6. save the EMA weights in fp16, with the `v_pred` marker key and metadata that marks the file as a demo
    and names its resolution.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -80,14 +82,23 @@ class Recipe:
     text_lr: float = 2e-3
     # UNet
     unet_channels: int = 32
-    unet_mult: tuple[int, ...] = (1, 2, 4)
+    unet_mult: tuple[int, ...] = (1, 2, 4, 4)  # SD1's four levels: 32, 16, 8 and 4 latent pixels wide
     unet_res_blocks: int = 1
-    unet_attention: tuple[int, ...] = (0, 1, 1)  # transformer depth per level
-    unet_steps: int = 3000
+    unet_attention: tuple[int, ...] = (0, 1, 1, 0)  # transformer depth per level (SD1: 1, 1, 1, 0)
+    unet_steps: int = 4800
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_warmup: int = 50
     min_snr_gamma: float = 5.0
+    # t = 1000 * u**timestep_power, u uniform: below 1 more of the batch sits at high noise, where the
+    # layout (position, colours) of a picture is decided; 1 is SD's uniform sampling
+    timestep_power: float = 0.6
+    # The sampler's first step (t = 999) sees pure noise, while training at t = 999 still shows the
+    # model 0.068 x0: enough, over a shape's area, to read where the shape is. Timesteps >= pure_noise_from
+    # are trained on what the sampler gives (x0's share set to 0), and p_pure_noise of each batch is drawn
+    # there, so the layout at the first step has to come from the text (see train_unet).
+    pure_noise_from: int = 990
+    p_pure_noise: float = 0.1
     p_uncond: float = 0.15
     offset_noise: float = 0.1  # std of a per-picture, per-channel constant added to the noise (see train_unet)
     prediction: str = "v"  # "v" (v-prediction, marked by a `v_pred` key in the file) or "eps" (see train_unet)
@@ -385,7 +396,10 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         idx = torch.randint(0, n, (recipe.unet_batch,), generator=gen)
         x0 = latents[idx].to(device) * SD1_LATENT_SCALE  # the UNet's space: what the engine samples in
         prompts = ["" if rng.random() < recipe.p_uncond else demo_data.caption(scenes[i], rng) for i in idx.tolist()]
-        t = torch.randint(0, 1000, (recipe.unet_batch,), generator=gen)
+        u = torch.rand(recipe.unet_batch, generator=gen)
+        t = (1000 * u.pow(recipe.timestep_power)).long().clamp(max=999)
+        top = torch.rand(recipe.unet_batch, generator=gen) < recipe.p_pure_noise
+        t = torch.where(top, torch.randint(recipe.pure_noise_from, 1000, (recipe.unet_batch,), generator=gen), t)
         noise = torch.randn(x0.shape, generator=gen)
         # Offset noise (Guttenberg 2023; Lin et al. 2023, "Common diffusion noise schedules ... are
         # flawed"): SD's last timestep still leaks the picture's mean latent, which for a flat picture *is*
@@ -394,7 +408,11 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         # backgrounds that ignore the prompt. With it the mean must come from the text.
         noise = (noise + recipe.offset_noise * torch.randn((*x0.shape[:2], 1, 1), generator=gen)).to(device)
         a = alphas[t].to(device)[:, None, None, None]
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        # Pure noise at the top, as the sampler starts (k-diffusion's input at sigma_max is sqrt(1-a) eps):
+        # SD's schedule leaks the picture's low frequencies at t = 999 (Lin et al. 2023), and a shape is
+        # low frequency, so trained on the leak the model placed shapes where the noise happened to hint.
+        seen = torch.where((t >= recipe.pure_noise_from).to(device)[:, None, None, None], torch.zeros_like(x0), x0)
+        xt = a.sqrt() * seen + (1 - a).sqrt() * noise
         with autocast():
             with torch.no_grad():
                 context = encode_text(text_model, ids_for(prompts).to(device))
@@ -511,6 +529,18 @@ def make_autocast(device: torch.device, use_bf16: bool):
     return ctx
 
 
+def parse_override(item: str) -> tuple[str, object]:
+    """'unet_attention=1,1,1' → ('unet_attention', (1, 1, 1)), typed like the Recipe field."""
+    name, sep, text = item.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    if not sep or name not in fields:
+        raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
+    default = getattr(Recipe(), name)
+    if isinstance(default, tuple):
+        return name, tuple(type(default[0])(v) for v in text.split(","))
+    return name, type(default)(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -524,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unet-steps", type=int, default=None)
     ap.add_argument("--vae-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override one Recipe field for an experiment, e.g. --set unet_attention=1,1,1")
     ap.add_argument("--work-dir", type=Path, default=ROOT / "tmp" / "demo-train",
                     help="where the trained autoencoder is kept between runs")
     ap.add_argument("--reuse-vae", action="store_true",
@@ -543,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = replace(recipe, unet_steps=args.unet_steps)
     if args.vae_steps is not None:
         recipe = replace(recipe, vae_steps=args.vae_steps)
+    for item in args.set:
+        recipe = replace(recipe, **dict([parse_override(item)]))
     device = pick_device()
     use_bf16 = device.type == "cuda" or args.bf16
     autocast = make_autocast(device, use_bf16)
