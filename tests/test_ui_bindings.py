@@ -142,12 +142,13 @@ def test_token_counter_shows_what_the_engine_counts():
         def __init__(self) -> None:
             self.seen: list[str] = []
 
-        def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
+        def token_count(self, prompt: str, *, steps: int = 20, is_positive: bool = True) -> tuple[int, int]:
             self.seen.append(prompt)
+            self.steps = steps
             return 80, 150
 
     class Broken:
-        def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
+        def token_count(self, prompt: str, *, steps: int = 20, is_positive: bool = True) -> tuple[int, int]:
             raise RuntimeError("no tokenizer <yet>")
 
     engine = Counting()
@@ -157,21 +158,45 @@ def test_token_counter_shows_what_the_engine_counts():
     assert token_label(Broken(), "x") == "<span class='token-counter' title='no tokenizer &lt;yet&gt;'>?/75</span>"
 
 
+def test_token_counter_merges_the_selected_styles_and_schedules_over_the_steps(tmp_path):
+    """A1111's update_token_counter(text, steps, styles): styles in (include_styles_into_token_counters is
+    on by default), the positive box gets the styles' prompts, the negative box their negative prompts."""
+    from webui.components import token_label
+    from webui.styles import Style, StyleDatabase
+
+    store = StyleDatabase(tmp_path / "styles.csv")
+    store.save(Style("film", "{prompt}, 35mm film, grain", "digital"))
+
+    class Counting:
+        seen: list[tuple[str, int, bool]] = []
+
+        def token_count(self, prompt: str, *, steps: int = 20, is_positive: bool = True) -> tuple[int, int]:
+            self.seen.append((prompt, steps, is_positive))
+            return 1, 75
+
+    engine = Counting()
+    token_label(engine, "a cat", steps=33, styles=["film"], style_store=store)
+    token_label(engine, "blurry", is_positive=False, steps=7, styles=["film"], style_store=store)
+    token_label(engine, "a cat", steps=5, styles=[], style_store=store)
+    assert engine.seen == [("a cat, 35mm film, grain", 33, True), ("blurry, digital", 7, False), ("a cat", 5, True)]
+
+
 def test_negative_box_counts_and_as_text_like_a1111():
     """A1111 counts the negative box with `is_positive=False`: `AND` is not split into parts there
     (the negative prompt has no composable parts), so "cat AND dog" is 3 tokens, not max(1, 1)."""
     from modules.networks import token_count
-    from webui.components import prompt_box
+    from webui.components import prompt_box, wire_token_counters
 
     class Engine:
-        def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
-            return token_count(None, None, prompt, is_positive=is_positive)
+        def token_count(self, prompt: str, *, steps: int = 20, is_positive: bool = True) -> tuple[int, int]:
+            return token_count(None, None, prompt, steps=steps, is_positive=is_positive)
 
     with gr.Blocks() as demo:
-        prompt_box(Engine(), "txt2img", [])
+        prompts = prompt_box("txt2img", [])
+        wire_token_counters(Engine(), prompts, gr.Slider(1, 150, value=20), None)
     counters = {demo.blocks[f.targets[0][0]].elem_id: f.fn for f in demo.fns.values() if f.fn is not None}
-    assert counters["txt2img-prompt-token-button"]("cat AND dog") == "<span class='token-counter'>1/75</span>"
-    assert counters["txt2img-negative-prompt-token-button"]("cat AND dog") == "<span class='token-counter'>3/75</span>"
+    assert counters["txt2img-prompt-token-button"]("cat AND dog", 20, []) == "<span class='token-counter'>1/75</span>"
+    assert counters["txt2img-negative-prompt-token-button"]("cat AND dog", 20, []) == "<span class='token-counter'>3/75</span>"
 
 
 def test_styles_apply_and_save(tmp_path):

@@ -190,6 +190,7 @@ def test_token_counter_is_debounced_and_shows_the_engines_count(page, server):
     from tests.ui_fixtures import rough_token_count
 
     _, engine, _ = server
+    ui.set_number(page, "txt2img-steps", 9)  # prompt editing is scheduled over the Steps slider (A1111)
     box = page.locator("#txt2img-prompt textarea")
     box.click()
     engine.token_prompts.clear()
@@ -198,7 +199,7 @@ def test_token_counter_is_debounced_and_shows_the_engines_count(page, server):
     expected = f"{rough_token_count(text)}/75"
     page.wait_for_function("v => document.querySelector('#txt2img-prompt-tokens').innerText.trim() === v", arg=expected)
     page.wait_for_timeout(600)
-    assert engine.token_prompts[-1] == text
+    assert engine.token_prompts[-1] == text and engine.token_steps[-1] == 9
     assert len(engine.token_prompts) <= 3, engine.token_prompts  # not one per keystroke (there were 49)
     long = ", ".join(f"word{i}" for i in range(60))
     ui.fill_text(page, "txt2img-prompt", long)

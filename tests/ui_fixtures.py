@@ -96,6 +96,7 @@ class FakeEngine:
         self._lock = threading.Lock()
         self.calls: list[GenerationRequest] = []
         self.token_prompts: list[str] = []  # every token_count() call (the UI debounces them)
+        self.token_steps: list[int] = []
         self.threads: set[str] = set()
         self.on_generate: Callable[[GenerationRequest], None] | None = None
         # the real upscaler registry over <root>/models: PIL filters, plus any tiny model a test puts there
@@ -177,8 +178,9 @@ class FakeEngine:
     def list_embeddings(self) -> list[NetworkEntry]:
         return self._network_list("embeddings")
 
-    def token_count(self, prompt: str, *, is_positive: bool = True) -> tuple[int, int]:
+    def token_count(self, prompt: str, *, steps: int = 20, is_positive: bool = True) -> tuple[int, int]:
         self.token_prompts.append(prompt)
+        self.token_steps.append(steps)
         count = rough_token_count(prompt)
         return count, max(75, -(-count // 75) * 75)
 

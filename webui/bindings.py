@@ -157,9 +157,9 @@ def schedule_choices(engine: Any) -> list[str]:
     return ["Automatic", *(n for n in names if n != "Automatic")]
 
 
-def token_count(engine: Any, text: str, *, is_positive: bool = True) -> tuple[int, int]:
+def token_count(engine: Any, text: str, *, is_positive: bool = True, steps: int = 20) -> tuple[int, int]:
     """(tokens used, capacity) for A1111's `N/75` counter, from `engine.token_count` (the contract:
     extra-network tags removed, embeddings counted by their vectors, capacity 75 per chunk).
     `is_positive=False` for the negative box: as A1111, its `AND` is text, not a split into parts."""
-    used, capacity = engine.token_count(text, is_positive=is_positive)
+    used, capacity = engine.token_count(text, steps=steps, is_positive=is_positive)
     return int(used), int(capacity)

@@ -76,28 +76,52 @@ EMPTY_COUNT = "<span class='token-counter'>0/75</span>"  # shown before any text
 TOKEN_DEBOUNCE_MS = 400  # script.js waits this long after the last change before counting
 
 
-def token_label(engine: Any, text: str, *, is_positive: bool = True) -> str:
+def token_label(engine: Any, text: str, *, is_positive: bool = True, steps: int = 20,
+                styles: list[str] | None = None, style_store: Any = None) -> str:
     """A1111's `N/75` counter from `engine.token_count` (runs in Gradio's worker threads, never on the
-    event loop). A failure shows `?` with the reason, and never an error popup while typing."""
+    event loop). As A1111 (`include_styles_into_token_counters`, on by default) the selected styles are
+    merged in first, and prompt editing is scheduled over the Steps slider. A failure shows `?` with the
+    reason, and never an error popup while typing."""
     try:
-        count, limit = bindings.token_count(engine, text or "", is_positive=is_positive)
+        text = text or ""
+        if styles and style_store is not None:
+            merged = style_store.apply(list(styles), text if is_positive else "", "" if is_positive else text)
+            text = merged[0] if is_positive else merged[1]
+        count, limit = bindings.token_count(engine, text, is_positive=is_positive, steps=int(steps or 20))
     except Exception as exc:  # noqa: BLE001 - a counter must not break typing
         return f"<span class='token-counter' title='{html.escape(str(exc), quote=True)}'>?/75</span>"
     return f"<span class='token-counter'>{count}/{limit}</span>"
 
 
-def wire_token_counter(engine: Any, box: gr.Textbox, counter: gr.HTML, *, is_positive: bool = True) -> None:
-    """Debounced like A1111's: every change (typing, paste, Send to) only restarts a timer in the
-    browser; when it fires, a hidden button asks the server for the count of the latest text.
-    The negative box counts with `is_positive=False` (A1111's `update_negative_prompt_token_counter`)."""
+def wire_token_counter(engine: Any, box: gr.Textbox, counter: gr.HTML, steps: gr.Slider, styles: gr.Dropdown,
+                       style_store: Any, *, is_positive: bool = True) -> None:
+    """Debounced like A1111's: every change (typing, paste, Send to, another style) only restarts a timer
+    in the browser; when it fires, a hidden button asks the server for the count of the latest text, with
+    the selected styles merged in and prompt editing scheduled over the Steps slider (A1111's
+    `update_token_counter(text, steps, styles)`). The negative box counts with `is_positive=False`."""
     button = gr.Button("count tokens", visible="hidden", elem_id=f"{box.elem_id}-token-button")
-    box.change(None, js=f"() => window.paletteCountTokensSoon('{box.elem_id}', {TOKEN_DEBOUNCE_MS})",
-               api_visibility="private")
-    button.click(lambda text: token_label(engine, text, is_positive=is_positive), inputs=box, outputs=counter, queue=False,
+    soon = f"() => window.paletteCountTokensSoon('{box.elem_id}', {TOKEN_DEBOUNCE_MS})"
+    box.change(None, js=soon, api_visibility="private")
+    styles.change(None, js=soon, api_visibility="private")
+
+    def count(text: str, steps_value: float, names: list[str] | None) -> str:
+        return token_label(engine, text, is_positive=is_positive, steps=int(steps_value or 20), styles=names,
+                           style_store=style_store)
+
+    button.click(count, inputs=[box, steps, styles], outputs=counter, queue=False,
                  show_progress="hidden", trigger_mode="always_last", api_visibility="private")
 
 
-def prompt_box(engine: Any, tab: str, style_names: list[str]) -> PromptBox:
+def wire_token_counters(engine: Any, prompts: "PromptBox", steps: gr.Slider, style_store: Any) -> None:
+    """Both counters of a tab, once its Steps slider exists (it is built after the prompt boxes)."""
+    wire_token_counter(engine, prompts.prompt, prompts.prompt_tokens, steps, prompts.styles, style_store)
+    wire_token_counter(engine, prompts.negative_prompt, prompts.negative_tokens, steps, prompts.styles, style_store,
+                       is_positive=False)
+
+
+def prompt_box(tab: str, style_names: list[str]) -> PromptBox:
+    """The prompt and negative boxes with their counters (wired by `wire_token_counters` once the tab
+    has its Steps slider) and the styles controls."""
     with gr.Row():
         with gr.Column(scale=6):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Prompt (Ctrl+Enter to generate)",
@@ -112,8 +136,6 @@ def prompt_box(engine: Any, tab: str, style_names: list[str]) -> PromptBox:
             with gr.Row():
                 style_name = gr.Textbox(label="New style name", scale=3, elem_id=f"{tab}-style-name")
                 save_style = gr.Button("Save style", size="sm", scale=1, elem_id=f"{tab}-save-style")
-    wire_token_counter(engine, prompt, prompt_tokens)
-    wire_token_counter(engine, negative, negative_tokens, is_positive=False)
     return PromptBox(prompt, negative, prompt_tokens, negative_tokens, styles, apply_styles, save_style, style_name)
 
 

@@ -67,7 +67,7 @@ def prepare_values(values: dict[str, Any]) -> dict[str, Any]:
 def build(ctx: UIContext, top: dict[str, Any] | None = None) -> None:
     with gr.Row():
         with gr.Column(scale=5):
-            prompts = components.prompt_box(ctx.engine, TAB, ctx.styles.names() if ctx.styles else [])
+            prompts = components.prompt_box(TAB, ctx.styles.names() if ctx.styles else [])
             widgets: dict[str, Any] = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
             editor = gr.ImageEditor(
                 type="pil", label="Image and mask (paint white over what to redraw)", sources=["upload", "clipboard"],
@@ -100,6 +100,7 @@ def build(ctx: UIContext, top: dict[str, Any] | None = None) -> None:
     generation.wire_generation(ctx, TAB, widgets, prompts.styles, panel, extra_inputs=extra, prepare=prepare_values)
     generation.wire_reuse_seed(panel, seeds.reuse_seed, seeds.reuse_subseed, widgets["seed"], widgets["subseed"])
     send.wire_styles(ctx, prompts)
+    components.wire_token_counters(ctx.engine, prompts, widgets["steps"], ctx.styles)
     send.wire_open_folder(ctx, panel, "outdir_img2img_samples")
     ctx.later(lambda c: send.wire_send_buttons(c, panel))
 

@@ -15,7 +15,7 @@ SEND_TARGETS = ("img2img", "inpaint", "extras")
 def build(ctx: UIContext, top: dict[str, Any]) -> None:
     with gr.Row():
         with gr.Column(scale=5):
-            prompts = components.prompt_box(ctx.engine, TAB, ctx.styles.names() if ctx.styles else [])
+            prompts = components.prompt_box(TAB, ctx.styles.names() if ctx.styles else [])
             extra_networks.build_panel(ctx, TAB)
             widgets: dict[str, Any] = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
             controls, seeds = components.generation_controls(ctx.engine, TAB)
@@ -29,5 +29,6 @@ def build(ctx: UIContext, top: dict[str, Any]) -> None:
     generation.wire_generation(ctx, TAB, widgets, prompts.styles, panel)
     generation.wire_reuse_seed(panel, seeds.reuse_seed, seeds.reuse_subseed, widgets["seed"], widgets["subseed"])
     send.wire_styles(ctx, prompts)
+    components.wire_token_counters(ctx.engine, prompts, widgets["steps"], ctx.styles)
     send.wire_open_folder(ctx, panel, "outdir_txt2img_samples")
     ctx.later(lambda c: send.wire_send_buttons(c, panel))
