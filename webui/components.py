@@ -76,7 +76,7 @@ EMPTY_COUNT = "<span class='token-counter'>0/75</span>"  # shown before any text
 TOKEN_DEBOUNCE_MS = 400  # script.js waits this long after the last change before counting
 
 
-def token_label(engine: Any, text: str, *, is_positive: bool = True, steps: int = 20,
+def token_label(engine: Any, text: str, *, is_positive: bool = True, steps: float | None = 20,
                 styles: list[str] | None = None, style_store: Any = None) -> str:
     """A1111's `N/75` counter from `engine.token_count` (runs in Gradio's worker threads, never on the
     event loop). As A1111 (`include_styles_into_token_counters`, on by default) the selected styles are
@@ -105,7 +105,7 @@ def wire_token_counter(engine: Any, box: gr.Textbox, counter: gr.HTML, steps: gr
     styles.change(None, js=soon, api_visibility="private")
 
     def count(text: str, steps_value: float, names: list[str] | None) -> str:
-        return token_label(engine, text, is_positive=is_positive, steps=int(steps_value or 20), styles=names,
+        return token_label(engine, text, is_positive=is_positive, steps=steps_value, styles=names,
                            style_store=style_store)
 
     button.click(count, inputs=[box, steps, styles], outputs=counter, queue=False,
