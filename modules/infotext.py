@@ -510,6 +510,14 @@ _ASCII = b"ASCII\x00\x00\x00"
 _JIS = b"JIS\x00\x00\x00\x00\x00"
 
 
+def write_image(image: Image.Image, fp: Any, **params: Any) -> None:
+    """`image.save(fp, **params)` that leaves `image` untouched. PIL keeps a save's options on the image
+    object (`encoderinfo`), and a save still in flight on another thread wins over a new one's: Gradio
+    encoding a just-decoded picture for the gallery (with its own empty `pnginfo`) while the worker wrote
+    it to outputs dropped the file's `parameters` chunk. Saving a copy gives each save its own options."""
+    image.copy().save(fp, **params)
+
+
 def embed_in_png(text: str, existing: Mapping[str, Any] | None = None) -> PngImagePlugin.PngInfo:
     """A PngInfo with `parameters` = text (iTXt when not Latin-1), after any `existing` chunks."""
     info = PngImagePlugin.PngInfo()
@@ -537,7 +545,7 @@ def save_with_infotext(image: Image.Image, path: str | Path, text: str | None, *
     ext = path.suffix.lower()
     fmt = Image.registered_extensions().get(ext)
     if fmt == "PNG":
-        image.save(path, format="PNG", pnginfo=embed_in_png(text) if text is not None else None)
+        write_image(image, path, format="PNG", pnginfo=embed_in_png(text) if text is not None else None)
     elif fmt in ("JPEG", "WEBP"):
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
@@ -546,7 +554,7 @@ def save_with_infotext(image: Image.Image, path: str | Path, text: str | None, *
             kwargs["lossless"] = lossless
         if text is not None:
             kwargs["exif"] = exif_with_infotext(text)
-        image.save(path, format=fmt, **kwargs)
+        write_image(image, path, format=fmt, **kwargs)
     else:
         raise ValueError(f"cannot store generation parameters in {path.name!r}: use .png, .jpg or .webp")
     return path

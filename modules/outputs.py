@@ -117,7 +117,7 @@ def save_image(
 
 
 def _write(image: Any, path: Path, infotext: str | None, chunks: Mapping[str, str] | None) -> None:
-    from modules.infotext import embed_in_png, save_with_infotext
+    from modules.infotext import embed_in_png, save_with_infotext, write_image
 
     if not chunks:
         save_with_infotext(image, path, infotext)
@@ -130,7 +130,7 @@ def _write(image: Any, path: Path, infotext: str | None, chunks: Mapping[str, st
         pnginfo = PngImagePlugin.PngInfo()
         for key, value in chunks.items():
             pnginfo.add_text(key, str(value))
-    image.save(path, format="PNG", pnginfo=pnginfo)
+    write_image(image, path, format="PNG", pnginfo=pnginfo)
 
 
 def grid_rows(count: int) -> int:

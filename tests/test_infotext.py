@@ -1,7 +1,9 @@
 """Infotext: exact A1111 layout, parsing of real A1111 strings, request round trips, image metadata."""
 from __future__ import annotations
 
+import io
 import math
+import threading
 
 import pytest
 from PIL import Image
@@ -327,6 +329,59 @@ def test_embed_in_png_keeps_existing_chunks(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "x.png", pnginfo=info)
     with Image.open(tmp_path / "x.png") as im:
         assert im.text == {"extras": "upscaled", "parameters": "params"}
+
+
+class _HeldWrite(io.BytesIO):
+    """A file whose first write says so and then waits: a save held in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight, self.release = threading.Event(), threading.Event()
+
+    def write(self, data):  # noqa: ANN001, ANN201 - io.BytesIO's signature
+        if not self.in_flight.is_set():
+            self.in_flight.set()
+            assert self.release.wait(10)
+        return super().write(data)
+
+
+def test_a_picture_the_gallery_is_encoding_keeps_its_parameters_when_saved():
+    """The UI shows each picture as soon as it is decoded: Gradio encodes it as PNG with its own (empty)
+    `pnginfo` on its thread while the worker writes the same object to outputs. PIL keeps a save's
+    options on the image, and an in-flight save's options win over a new save's, so the saved file lost
+    its `parameters` chunk (seen as a flaky first-run test)."""
+    from PIL import PngImagePlugin
+
+    shared = Image.new("RGB", (16, 16), (200, 30, 30))
+    gallery_file = _HeldWrite()
+    gallery = threading.Thread(target=shared.save, args=(gallery_file,),
+                               kwargs={"format": "PNG", "pnginfo": PngImagePlugin.PngInfo()})
+    gallery.start()
+    try:
+        assert gallery_file.in_flight.wait(10)
+        out = io.BytesIO()
+        infotext.write_image(shared, out, format="PNG", pnginfo=infotext.embed_in_png("a red square"))
+    finally:
+        gallery_file.release.set()
+        gallery.join(10)
+    out.seek(0)
+    with Image.open(out) as im:
+        assert im.text.get("parameters") == "a red square"
+
+
+def test_every_writer_leaves_the_shared_picture_untouched(tmp_path):
+    from modules import outputs
+    from webui.api.images import encode_png
+
+    picture = Image.new("RGB", (8, 8))
+    before = dict(vars(picture))
+    infotext.save_with_infotext(picture, tmp_path / "a.png", "x")
+    infotext.save_with_infotext(picture, tmp_path / "a.webp", "x")
+    outputs.save_image(picture, tmp_path, outputs.NameContext(seed=1), infotext="x", per_date_folder=False)
+    outputs.save_image(picture, tmp_path, outputs.NameContext(seed=1), infotext="x", per_date_folder=False,
+                       chunks={"extras": "y"})
+    encode_png(picture, "x")
+    assert vars(picture) == before  # PIL keeps a save's options on the object it saves
 
 
 @pytest.mark.parametrize("data,text", [

@@ -55,10 +55,10 @@ def decode_image(text: Any, field: str) -> Image.Image:
 
 def encode_png(image: Image.Image, parameters: str | None = None, *, extra: dict[str, str] | None = None) -> str:
     """A plain base64 PNG (no data: prefix, as A1111 returns) with the `parameters` text chunk."""
-    from modules.infotext import embed_in_png
+    from modules.infotext import embed_in_png, write_image
 
     buf = io.BytesIO()
     pnginfo = embed_in_png(parameters, extra) if parameters is not None else None
-    image.save(buf, format="PNG", pnginfo=pnginfo)
+    write_image(image, buf, format="PNG", pnginfo=pnginfo)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
