@@ -19,7 +19,7 @@ from modules.detection import Detection, detect
 from modules.devices import DevicePlan
 from modules.families import UNET_PREFIX, VAE_PREFIX
 from modules.nn.assign import assign_weights
-from modules.nn.unet import UNetModel
+from modules.nn.unet import UNetModel, transformer_matmul_parameters
 from modules.nn.vae import AutoencoderKL
 from modules.patcher import ModelPatcher
 from modules.text_encoding import TextEncoderStack
@@ -162,7 +162,9 @@ def build_bundle(
     with torch.device("meta"):
         unet = UNetModel(detection.unet_config, dtype=plan.unet_dtype)
         autoencoder = AutoencoderKL(detection.vae_config)
-    missing_unet, used_unet = assign_weights(unet, _prefixed(sd, UNET_PREFIX), plan.unet_dtype, plan.device)
+    mixed = dict.fromkeys(transformer_matmul_parameters(unet), plan.transformer_dtype) if plan.transformer_dtype else {}
+    missing_unet, used_unet = assign_weights(unet, _prefixed(sd, UNET_PREFIX), plan.unet_dtype, plan.device,
+                                             overrides=mixed)
     missing_vae, used_vae = assign_weights(autoencoder, _prefixed(sd, VAE_PREFIX), plan.vae_dtype, plan.device)
     text, text_used, text_missing = TextEncoderStack.from_state_dict(sd, family, plan)
     if text.context_dim != detection.unet_config.context_dim:

@@ -1,14 +1,18 @@
 """Device and dtype choice, made at run time from what the machine has and what the user asked for.
 
 CUDA when present, else CPU. On CUDA the UNet and text encoders run in fp16 (bf16 where supported),
-the VAE in bf16 or fp32 (fp16 VAEs overflow to NaN on SD1/SDXL). On CPU everything runs in fp32 by
-default: measured on an avx512_bf16 CPU (docs/benchmarks.md), a whole SD1.5 UNet step in bf16 took
-~1.7× longer than fp32 with torch 2.14 (convolutions and norms lose more than the matmuls gain), so
-bf16 on CPU is opt-in (`--precision bf16`, which also halves memory).
+the VAE in bf16 or fp32 (fp16 VAEs overflow to NaN on SD1/SDXL). On CPU the UNet runs in fp32 with its
+transformer blocks' matmuls (attention projections, feed-forward) in bf16 when the CPU has native bf16
+instructions (avx512_bf16 / AMX): there the matmuls run ~2x faster while the convolutions and norms,
+which lose in bf16 with torch 2.14, stay fp32, and the residual stream stays fp32 (docs/benchmarks.md:
+a 512x512 SD1.5 step ~1.3x faster, pictures within bf16 rounding of fp32). `--precision fp32` turns the
+bf16 part off; `--precision bf16` runs the whole UNet in bf16 (slower on CPU, half the memory).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,14 +27,29 @@ class DevicePlan:
     unet_dtype: torch.dtype
     text_dtype: torch.dtype
     vae_dtype: torch.dtype
+    # The dtype the UNet's transformer blocks compute their matmuls in when it differs from unet_dtype
+    # (CPU with native bf16); None: the same as unet_dtype.
+    transformer_dtype: torch.dtype | None = None
 
     @property
     def description(self) -> str:
         short = lambda d: str(d).replace("torch.", "")  # noqa: E731
+        mixed = f" (transformer blocks {short(self.transformer_dtype)})" if self.transformer_dtype else ""
         return (
-            f"{self.device.type}: unet {short(self.unet_dtype)}, text {short(self.text_dtype)}, "
+            f"{self.device.type}: unet {short(self.unet_dtype)}{mixed}, text {short(self.text_dtype)}, "
             f"vae {short(self.vae_dtype)}"
         )
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bf16 dot products in hardware (x86 avx512_bf16 or AMX). oneDNN also runs
+    bf16 on plain AVX-512 by emulation, which is slower than fp32, so the flags decide, not torch."""
+    try:
+        flags = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 _NAMED = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,4 +82,7 @@ def plan_devices(
     vae = torch.float32 if (no_half or no_half_vae or device.type == "cpu") else (
         torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     )
-    return DevicePlan(device=device, unet_dtype=unet, text_dtype=text, vae_dtype=vae)
+    mixed = (device.type == "cpu" and precision == "auto" and not no_half and unet == torch.float32
+             and cpu_has_native_bf16())
+    return DevicePlan(device=device, unet_dtype=unet, text_dtype=text, vae_dtype=vae,
+                      transformer_dtype=torch.bfloat16 if mixed else None)

@@ -217,10 +217,13 @@ def params_for(
 
 
 def precision_value(plan: Any) -> str:
-    """The `PRECISION_KEY` value for a DevicePlan-like object: "unet fp16 / text fp16 / vae bf16 / cuda"."""
+    """The `PRECISION_KEY` value for a DevicePlan-like object: "unet fp16 / text fp16 / vae bf16 / cuda", or
+    with bf16 transformer blocks in an fp32 UNet (the CPU default): "unet fp32+bf16 / text fp32 / …"."""
     short = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
     name = lambda dtype: short.get(str(dtype).replace("torch.", ""), str(dtype).replace("torch.", ""))  # noqa: E731
-    return (f"unet {name(plan.unet_dtype)} / text {name(plan.text_dtype)} / vae {name(plan.vae_dtype)} / "
+    mixed = getattr(plan, "transformer_dtype", None)
+    unet = name(plan.unet_dtype) + (f"+{name(mixed)}" if mixed is not None else "")
+    return (f"unet {unet} / text {name(plan.text_dtype)} / vae {name(plan.vae_dtype)} / "
             f"{getattr(plan.device, 'type', plan.device)}")
 
 

@@ -412,6 +412,8 @@ def test_sampler_options_and_precision_keys():
     assert back.eta == 0.3 and back.s_noise == 0.95 and back.sampler_name == "DDIM"
     plan = DevicePlan(torch.device("cuda"), torch.float16, torch.float16, torch.bfloat16)
     assert infotext.precision_value(plan) == "unet fp16 / text fp16 / vae bf16 / cuda"
+    mixed = DevicePlan(torch.device("cpu"), torch.float32, torch.float32, torch.float32, torch.bfloat16)
+    assert infotext.precision_value(mixed) == "unet fp32+bf16 / text fp32 / vae fp32 / cpu"
     # an A1111 DDIM infotext with its own key
     a1111 = "a cat\nSteps: 20, Sampler: DDIM, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 512x512, Eta DDIM: 0.5"
     assert infotext.request_from_infotext(a1111).eta == 0.5

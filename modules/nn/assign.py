@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -33,10 +33,14 @@ def assign_weights(
     source: Callable[[str], Any | None],
     dtype: torch.dtype,
     device: torch.device,
+    *,
+    overrides: Mapping[str, torch.dtype] | None = None,
 ) -> tuple[list[str], set[str]]:
     """Fill a meta-built module from `source(key) -> (file_key, value) | None`.
 
-    Returns (missing module keys, file keys used). Floating tensors are converted to `dtype`."""
+    Returns (missing module keys, file keys used). Floating tensors are converted to `dtype`, or to
+    `overrides[key]` for the module keys it names (a mixed-precision plan), straight from the file."""
+    overrides = overrides or {}
     missing: list[str] = []
     used: set[str] = set()
     jobs: list[tuple[str, str, Any, torch.Tensor]] = []
@@ -50,8 +54,8 @@ def assign_weights(
         used.add(file_key)
 
     def load_one(job: tuple[str, str, Any, torch.Tensor]) -> torch.Tensor:
-        _key, file_key, value, ref = job
-        tensor = materialize(value, dtype if ref.dtype.is_floating_point else ref.dtype)
+        key, file_key, value, ref = job
+        tensor = materialize(value, overrides.get(key, dtype) if ref.dtype.is_floating_point else ref.dtype)
         if tuple(tensor.shape) != tuple(ref.shape):
             if tensor.numel() != ref.numel():
                 raise WeightFileError(f"{file_key}: shape {list(tensor.shape)} does not fit {list(ref.shape)}")

@@ -318,9 +318,14 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, **fk)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        # The matmuls run in the projections' dtype, which may be narrower than the residual stream's
+        # (bf16 inside an fp32 UNet on CPUs with native bf16, see transformer_matmul_parameters); the
+        # norms and the residual additions stay in x's dtype. Same dtype: every .to() is a no-op.
+        dtype = self.attn1.to_q.weight.dtype
+        context = None if context is None else context.to(dtype)
+        x = x + self.attn1(self.norm1(x).to(dtype)).to(x.dtype)
+        x = x + self.attn2(self.norm2(x).to(dtype), context).to(x.dtype)
+        return x + self.ff(self.norm3(x).to(dtype)).to(x.dtype)
 
 
 class SpatialTransformer(nn.Module):
@@ -395,6 +400,20 @@ class EmbedSequential(nn.Sequential):
             else:
                 x = layer(x)
         return x
+
+
+def transformer_matmul_parameters(unet: nn.Module) -> set[str]:
+    """Names (as in `unet.state_dict()`) of the Linear weights and biases inside the transformer blocks:
+    attention projections and feed-forward, the part of the UNet that a mixed plan runs in bf16."""
+    names: set[str] = set()
+    for block_name, block in unet.named_modules():
+        if isinstance(block, BasicTransformerBlock):
+            for part in ("attn1", "attn2", "ff"):
+                for layer_name, layer in getattr(block, part).named_modules():
+                    if isinstance(layer, nn.Linear):
+                        prefix = ".".join(filter(None, (block_name, part, layer_name)))
+                        names.update(f"{prefix}.{p}" for p, _ in layer.named_parameters(recurse=False))
+    return names
 
 
 # ---- the network --------------------------------------------------------------------------------------
