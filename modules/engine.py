@@ -23,7 +23,7 @@ from modules.devices import DevicePlan, plan_devices
 from modules.face_restore import FaceRestoreError, FaceRestorers
 from modules.networks import NetworkRegistry
 from modules.paths import BUNDLED_DEMO_MODEL, CHECKPOINT_EXTENSIONS, VAE_EXTENSIONS, ModelPaths, safe_join
-from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
+from modules.types import CheckpointHints, GenerationRequest, NetworkEntry, ProgressEvent, Result
 from modules.upscalers import UpscalerInfo, UpscalerRegistry
 from modules.validation import RequestError
 from modules.weights_io import (SafetensorsFile, WeightFileError, file_sha256, open_weights,
@@ -157,20 +157,19 @@ class Engine:
         infos.sort(key=lambda i: (Path(i.name).name == DEMO_MODEL_NAME, i.name.lower()))
         return infos
 
-    def native_size(self, name: str | None) -> int | None:
-        """The picture size a checkpoint asks for in its safetensors metadata
-        (`palette.default_resolution`, which Palette's demo model carries), or None. Reads the header only."""
+    def checkpoint_hints(self, name: str | None) -> CheckpointHints:
+        """What a checkpoint asks of the UI in its safetensors metadata (Palette's demo model carries
+        both keys), or empty hints. Reads the header only; a value out of range is ignored."""
         if not name:
-            return None
+            return CheckpointHints()
         try:
             path = self.find_checkpoint(name).path
             if path.suffix.lower() != ".safetensors":
-                return None
-            value = read_safetensors_header(path)[2].get("palette.default_resolution")
-            size = int(value) if value else None
+                return CheckpointHints()
+            metadata = read_safetensors_header(path)[2]
         except (OSError, ValueError, WeightFileError):
-            return None
-        return size if size and 64 <= size <= 4096 and size % 8 == 0 else None
+            return CheckpointHints()
+        return CheckpointHints.from_metadata(metadata)
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         """Accept a file name, a relative name, a title with `[hash]`, a stem or a hash prefix."""

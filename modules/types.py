@@ -6,6 +6,7 @@ can all map to them by name.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,6 +44,29 @@ class NetworkEntry:
     hash: str | None = None
     preview: Path | None = None  # an image beside the file (name.png, name.preview.png, …)
     metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointHints:
+    """Settings a checkpoint suggests for the UI's sliders: `palette.default_resolution` (the picture size
+    it was trained at) and `palette.default_cfg_scale` (the CFG scale it follows the prompt best at; a
+    tiny model like the demo overshoots at A1111's 7). None: the file does not say."""
+
+    size: int | None = None
+    cfg_scale: float | None = None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> "CheckpointHints":
+        def number(key: str) -> float | None:
+            try:
+                value = float(metadata.get(key) or "nan")
+            except ValueError:
+                return None
+            return value if math.isfinite(value) else None
+
+        size, cfg = number("palette.default_resolution"), number("palette.default_cfg_scale")
+        return cls(size=int(size) if size and size.is_integer() and 64 <= size <= 4096 and size % 8 == 0 else None,
+                   cfg_scale=cfg if cfg is not None and 1.0 <= cfg <= 30.0 else None)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 from modules.devices import DevicePlan
 from modules.engine import Engine, HashCache
 from modules.paths import ModelPaths
-from modules.types import GenerationRequest
+from modules.types import CheckpointHints, GenerationRequest
 from modules.vae import VAE, tiled_apply
 from modules.weights_io import WeightFileError, file_sha256
 from tests.tiny_models import write_tiny_checkpoint
@@ -118,14 +118,28 @@ def test_checkpoint_titles_carry_the_hash_and_the_demo_is_labelled(models):
     assert infos[-1].title.startswith("palette-demo.safetensors (demo model)")
 
 
+@pytest.mark.parametrize("metadata,hints", [
+    ({"palette.default_resolution": "256", "palette.default_cfg_scale": "3.5"}, CheckpointHints(256, 3.5)),
+    ({"palette.default_resolution": "250"}, CheckpointHints()),  # not a multiple of 8
+    ({"palette.default_resolution": "8192", "palette.default_cfg_scale": "31"}, CheckpointHints()),  # beyond the sliders
+    ({"palette.default_resolution": "256.5", "palette.default_cfg_scale": "nan"}, CheckpointHints()),
+    ({"palette.default_cfg_scale": "four"}, CheckpointHints()),
+    ({}, CheckpointHints()),
+])
+def test_checkpoint_hints_take_only_values_the_sliders_can_show(metadata, hints):
+    assert CheckpointHints.from_metadata(metadata) == hints
+
+
 def test_the_bundled_demo_is_offered_when_the_checkpoint_folder_lacks_it(tmp_path):
     """--data-dir or --ckpt-dir pointing at an empty folder still gets the demo model shipped with Palette."""
     shipped = tmp_path / "install" / "palette-demo.safetensors"
-    write_tiny_checkpoint(shipped, "sd1", seed=3, metadata={"palette.default_resolution": "256"})
+    write_tiny_checkpoint(shipped, "sd1", seed=3, metadata={"palette.default_resolution": "256",
+                                                            "palette.default_cfg_scale": "4"})
     empty = tmp_path / "data"
     engine = Engine(ModelPaths.create(empty), plan=PLAN, outputs_root=empty, bundled_demo=shipped)
     assert [(i.name, i.path) for i in engine.list_checkpoints()] == [("palette-demo.safetensors", shipped)]
-    assert engine.native_size("palette-demo.safetensors") == 256  # the UI's size sliders follow it
+    # the UI's size and CFG sliders follow what the file asks for
+    assert engine.checkpoint_hints("palette-demo.safetensors") == CheckpointHints(size=256, cfg_scale=4.0)
     engine.select_checkpoint("palette-demo.safetensors")
     assert engine.current_checkpoint.path == shipped
     own = tmp_path / "data" / "models" / "Stable-diffusion"
@@ -133,7 +147,7 @@ def test_the_bundled_demo_is_offered_when_the_checkpoint_folder_lacks_it(tmp_pat
     write_tiny_checkpoint(own / "palette-demo.safetensors", "sd1", seed=5)  # a user's copy wins
     assert [(i.name, i.path) for i in engine.list_checkpoints()] == [
         ("mine.safetensors", own / "mine.safetensors"), ("palette-demo.safetensors", own / "palette-demo.safetensors")]
-    assert engine.native_size("mine.safetensors") is None and engine.native_size("missing.safetensors") is None
+    assert engine.checkpoint_hints("mine.safetensors") == CheckpointHints() == engine.checkpoint_hints("missing.safetensors")
     other = tmp_path / "other"
     assert Engine(ModelPaths.create(other), plan=PLAN, outputs_root=other).list_checkpoints() == []  # tests opt out
 

@@ -22,6 +22,16 @@ from tests import ui_browser_helpers as ui
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "Stable-diffusion" / "palette-demo.safetensors"
 
+
+def demo_cfg() -> float | None:
+    from modules.types import CheckpointHints
+    from modules.weights_io import read_safetensors_header
+
+    return CheckpointHints.from_metadata(read_safetensors_header(DEMO)[2]).cfg_scale if DEMO.is_file() else None
+
+
+DEMO_CFG = demo_cfg() or 7.0  # A1111's default when the file names none
+
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not DEMO.is_file(), reason="the demo model is not in models/Stable-diffusion")]
 
@@ -77,9 +87,10 @@ def test_a_prompt_and_generate_give_a_picture_from_the_demo_model(started, brows
     try:
         page.goto(url)
         page.locator("#txt2img-generate").wait_for()
-        # the demo model names its native size (256) and the size sliders follow it
+        # the demo model names its native size (256) and its CFG scale, and the sliders follow them
         page.wait_for_function("document.querySelector('#txt2img-width input[type=number]')?.value == '256'")
         assert ui.number_value(page, "txt2img-height") == "256"
+        assert float(ui.number_value(page, "txt2img-cfg")) == DEMO_CFG
         ui.fill_text(page, "txt2img-prompt", "a red circle on a blue background")
         page.locator("#txt2img-generate").click()
         ui.gallery_images(page, "txt2img").first.wait_for()
@@ -89,7 +100,7 @@ def test_a_prompt_and_generate_give_a_picture_from_the_demo_model(started, brows
         ui.screenshot(page, "first-run")
         page.close()
     assert infotext.startswith("a red circle on a blue background")
-    assert "Model: palette-demo" in infotext and "Size: 256x256" in infotext
+    assert "Model: palette-demo" in infotext and "Size: 256x256" in infotext and f"CFG scale: {DEMO_CFG:g}," in infotext
     saved = sorted((data / "outputs" / "txt2img-images").rglob("*.png"))
     assert len(saved) == 1, f"expected one saved picture under {data / 'outputs'}"
     with Image.open(saved[0]) as image:

@@ -250,8 +250,10 @@ def real_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("palette-real")
     paths = ModelPaths.create(root)
     paths.ensure()
-    for name, seed in (("tiny-a.safetensors", 1), ("tiny-b.safetensors", 2)):
-        write_tiny_checkpoint(paths.folder("checkpoints") / name, seed=seed)
+    write_tiny_checkpoint(paths.folder("checkpoints") / "tiny-a.safetensors", seed=1)
+    # tiny-b asks for its size and CFG scale, as the demo model does
+    write_tiny_checkpoint(paths.folder("checkpoints") / "tiny-b.safetensors", seed=2,
+                          metadata={"palette.default_resolution": "256", "palette.default_cfg_scale": "4"})
     engine = Engine(paths, settings_path=root / "config.json", outputs_root=root)
     queue = JobQueue(engine, max_size=8)
     queue.preload()
@@ -270,6 +272,17 @@ def test_real_engine_switches_checkpoint(browser, real_server):
         ui.choose(page, "checkpoint", "tiny-b.safetensors")
         page.wait_for_function("document.querySelector('#model-status')?.innerText?.includes('Model: tiny-b')")
         assert engine.current_checkpoint.name == "tiny-b.safetensors"
+        # the sliders of every generating tab follow the model's hints ...
+        page.wait_for_function("document.querySelector('#txt2img-cfg input[type=number]')?.value == '4'")
+        for tab, label in (("img2img", "img2img"), ("inpaint", "Inpaint"), ("txt2img", "txt2img")):
+            ui.open_tab(page, label)
+            assert [ui.number_value(page, f"{tab}-{key}") for key in ("width", "height", "cfg")] == ["256", "256", "4"]
+        # ... and leaving it for a model without hints puts A1111's defaults back
+        ui.choose(page, "checkpoint", "tiny-a.safetensors")
+        page.wait_for_function("document.querySelector('#txt2img-cfg input[type=number]')?.value == '7'")
+        for tab, label in (("img2img", "img2img"), ("inpaint", "Inpaint"), ("txt2img", "txt2img")):
+            ui.open_tab(page, label)
+            assert [ui.number_value(page, f"{tab}-{key}") for key in ("width", "height", "cfg")] == ["512", "512", "7"]
         assert page.errors == []
     finally:
         page.close()

@@ -27,7 +27,7 @@ from modules.networks import find_preview
 from modules.paths import ModelPaths, safe_join
 from modules.prompts import parse_extra_networks
 from modules.tokenizer import default_tokenizer
-from modules.types import GenerationRequest, NetworkEntry, ProgressEvent, Result
+from modules.types import CheckpointHints, GenerationRequest, NetworkEntry, ProgressEvent, Result
 from modules.validation import RequestError, validate_request
 
 NETWORK_EXTENSIONS = {"lora": (".safetensors", ".pt", ".ckpt"), "embeddings": (".safetensors", ".pt", ".bin")}
@@ -121,8 +121,8 @@ class FakeEngine:
     def list_checkpoints(self) -> list[CheckpointInfo]:
         return list(self._infos)
 
-    def native_size(self, name: str | None) -> int | None:
-        return None  # no fake checkpoint names a native size
+    def checkpoint_hints(self, name: str | None) -> CheckpointHints:
+        return CheckpointHints()  # no fake checkpoint names a size or CFG scale
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         bare = name.split(" [")[0]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from modules.queue import FAILED, FINISHED
+from modules.types import CheckpointHints
 from webui import components
 from webui.context import UIContext
 from webui.styles import StyleDatabase
@@ -55,23 +56,33 @@ def model_status(ctx: UIContext) -> tuple[str, bool]:
 
 
 SIZED_TABS = ("txt2img", "img2img", "inpaint")
-A1111_DEFAULT_SIZE = 512
+A1111_DEFAULTS = CheckpointHints(size=512, cfg_scale=7.0)  # what the sliders go back to after a hinting model
 
 
-def size_widgets(ctx: UIContext) -> list[Any]:
-    """The width and height sliders of every generating tab."""
-    return [ctx.widgets[tab][key] for tab in SIZED_TABS if tab in ctx.widgets for key in ("width", "height")]
+def hinted_widgets(ctx: UIContext) -> list[Any]:
+    """The width, height and CFG sliders of every generating tab: what a checkpoint's hints set."""
+    return [ctx.widgets[tab][key] for tab in SIZED_TABS if tab in ctx.widgets for key in ("width", "height", "cfg_scale")]
 
 
-def size_updates(ctx: UIContext, size: int | None) -> dict[Any, Any]:
-    """Width and height set to `size` (nothing changed for None)."""
-    return dict.fromkeys(size_widgets(ctx), size) if size else {}
+def hint_updates(ctx: UIContext, hints: CheckpointHints, left: CheckpointHints = CheckpointHints()) -> dict[Any, Any]:
+    """Slider values for a checkpoint's hints; where the new model gives none but the model `left`
+    behind did, A1111's default comes back. Sliders neither model speaks of are left as they are."""
+    size = hints.size or (A1111_DEFAULTS.size if left.size else None)
+    cfg = hints.cfg_scale or (A1111_DEFAULTS.cfg_scale if left.cfg_scale else None)
+    updates: dict[Any, Any] = {}
+    for tab in SIZED_TABS:
+        widgets = ctx.widgets.get(tab, {})
+        if size and "width" in widgets:
+            updates[widgets["width"]] = updates[widgets["height"]] = size
+        if cfg and "cfg_scale" in widgets:
+            updates[widgets["cfg_scale"]] = cfg
+    return updates
 
 
 def wire_top_bar(ctx: UIContext, top: components.TopBar, status_timer: gr.Timer) -> None:
-    """Checkpoint, VAE and clip-skip controls. A checkpoint that names its native size (the demo model:
-    256) sets the size sliders when it is chosen, so a newcomer's first picture is drawn at the size
-    the model knows; leaving it for another model puts A1111's 512 back."""
+    """Checkpoint, VAE and clip-skip controls. A checkpoint that names its native size and CFG scale (the
+    demo model: 256, 4) sets those sliders when it is chosen, so a newcomer's first picture is drawn the
+    way the model knows; leaving it for another model puts A1111's 512 and 7 back."""
     engine, queue = ctx.engine, ctx.queue
     checkpoint, vae, clip_skip = top.widgets["checkpoint"], top.widgets["vae"], top.widgets["clip_skip"]
 
@@ -90,10 +101,10 @@ def wire_top_bar(ctx: UIContext, top: components.TopBar, status_timer: gr.Timer)
             yield {top.status: f"<span class='palette-error'>{html.escape(job.error or '')}</span>", checkpoint: back}
             return
         engine.save_settings()
-        size = engine.native_size(name) or (A1111_DEFAULT_SIZE if current and engine.native_size(current.name) else None)
-        yield {top.status: model_status(ctx)[0], **size_updates(ctx, size)}
+        left = engine.checkpoint_hints(current.name) if current else CheckpointHints()
+        yield {top.status: model_status(ctx)[0], **hint_updates(ctx, engine.checkpoint_hints(name), left)}
 
-    checkpoint.input(load_checkpoint, inputs=checkpoint, outputs=[top.status, checkpoint, *size_widgets(ctx)],
+    checkpoint.input(load_checkpoint, inputs=checkpoint, outputs=[top.status, checkpoint, *hinted_widgets(ctx)],
                      api_visibility="private", concurrency_limit=None)
 
     def refresh() -> dict[Any, Any]:
@@ -155,10 +166,10 @@ def build_ui(engine: Any, queue: Any, options: Any = None) -> gr.Blocks:
                                                        value=components.checkpoint_value(engine)),
                 top.widgets["vae"]: gr.Dropdown(choices=components.vae_choices(engine), value=engine.settings.sd_vae),
                 top.widgets["clip_skip"]: engine.settings.CLIP_stop_at_last_layers,
-                **size_updates(ctx, engine.native_size(components.checkpoint_value(engine))),
+                **hint_updates(ctx, engine.checkpoint_hints(components.checkpoint_value(engine))),
             }
 
-        demo.load(on_load, outputs=[notices, top.status, status_timer, *top.widgets.values(), *size_widgets(ctx)],
+        demo.load(on_load, outputs=[notices, top.status, status_timer, *top.widgets.values(), *hinted_widgets(ctx)],
                   api_visibility="private")
     demo.palette_context = ctx  # type: ignore[attr-defined]  # for tests and the API hook
     return demo
