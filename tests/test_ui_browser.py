@@ -127,6 +127,38 @@ class TestBrowser:
         assert text.startswith("a harbour") and "Denoising strength: 0.35" in text
         ui.screenshot(page, "img2img-result")
 
+    def test_img2img_script_sd_upscale_redraws_the_upscaled_image_tile_by_tile(self, page, server, tmp_path):
+        _, engine, _ = server
+        ui.open_tab(page, "img2img")
+        assert not page.locator("#img2img-sd-upscale-overlap").is_visible()  # only while the script is chosen
+        path = tmp_path / "small.png"
+        Image.new("RGB", (96, 64), (20, 90, 200)).save(path)
+        page.locator("#img2img-init-image input[type=file]").first.set_input_files(str(path))
+        page.locator("#img2img-init-image img").wait_for()
+        ui.fill_text(page, "img2img-prompt", "a harbour, detailed")
+        for elem, value in (("img2img-width", 64), ("img2img-height", 64), ("img2img-steps", 3)):
+            ui.set_number(page, elem, value)
+        ui.choose(page, "img2img-script", "SD upscale")
+        page.locator("#img2img-sd-upscale-overlap").wait_for()
+        ui.set_number(page, "img2img-sd-upscale-overlap", 16)
+        ui.set_number(page, "img2img-sd-upscale-scale", 2)
+        page.locator("#img2img-sd-upscale-upscaler").get_by_text("Lanczos", exact=True).click()
+        before = len(engine.calls)
+        text = generate(page, "img2img")
+        tiles = engine.calls[before:]
+        # 96x64 upscaled 2x is 192x128: 64px tiles overlapping by 16 give 4 columns and 3 rows (A1111's grid)
+        assert len(tiles) == 12 and {t.init_images[0].size for t in tiles} == {(64, 64)}
+        assert [t.seed for t in tiles] == [tiles[0].seed + i for i in range(12)]
+        assert all(t.prompt == "a harbour, detailed" for t in tiles)
+        assert "SD upscale overlap: 16" in text and "SD upscale upscaler: Lanczos" in text
+        ui.choose(page, "img2img-script", "None")  # back to plain img2img: one job, no tiles
+        page.locator("#img2img-sd-upscale-overlap").wait_for(state="hidden")
+        before = len(engine.calls)
+        page.locator("#img2img-generate").click()
+        page.wait_for_function("!document.querySelector('#img2img-infotext').innerText.includes('SD upscale')")
+        assert len(engine.calls) == before + 1 and engine.calls[-1].init_images[0].size == (96, 64)
+        assert page.errors == []
+
     def test_png_info_send_to_txt2img_restores_fields(self, page, tmp_path):
         infotext = ("a castle on a hill\nNegative prompt: fog\nSteps: 31, Sampler: DPM++ 2M, Schedule type: Karras, "
                     "CFG scale: 4.5, Seed: 987654, Size: 576x704, Model hash: 0123456789, Model: alpha")

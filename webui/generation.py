@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from modules.queue import DONE, FAILED, QUEUED, JobState, QueueFullError
+from modules.queue import DONE, FAILED, QUEUED, Job, JobState, QueueFullError
 from modules.types import GenerationRequest, Result
 from webui import bindings
 from webui.components import OutputPanel, escaped
@@ -85,22 +85,30 @@ def build_request(ctx: UIContext, values: dict[str, Any], styles: list[str] | No
 
 def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: Any, panel: OutputPanel, *,
                     extra_inputs: dict[str, Any] | None = None,
-                    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                    script_inputs: dict[str, Any] | None = None,
+                    run_script: Callable[[GenerationRequest, dict[str, Any], str | None], Job | None] | None = None,
+                    ) -> None:
     """Connect Generate, Interrupt, Skip, the gallery selection, ♻ buttons and Open outputs folder.
 
     `extra_inputs` are widgets that are not request fields; `prepare(values)` turns them (and any
-    widget value that needs it, like the inpaint editor's layers) into request fields."""
+    widget value that needs it, like the inpaint editor's layers) into request fields. `script_inputs`
+    are a script's own widgets (A1111's Script dropdown): `run_script(request, their values, owner)`
+    queues the script's job, or returns None to generate as usual."""
     outputs = [panel.progress, panel.preview, panel.gallery, panel.infotext, panel.last]
 
     def run(request: gr.Request, styles: list[str] | None = None, **values: Any) -> Iterator[dict[Any, Any]]:
         session = session_of(request)
         try:
+            script_values = {key: values.pop(key) for key in script_inputs or {}}
             if prepare is not None:
                 values = prepare(values)
             job_request = build_request(ctx, values, styles)
             if tab == "img2img" and not job_request.init_images:
                 raise ValueError("img2img needs an input image: upload one, or use \"Send to img2img\".")
-            job = ctx.queue.submit(job_request, owner=owner_of(request))
+            job = run_script(job_request, script_values, owner_of(request)) if run_script else None
+            if job is None:
+                job = ctx.queue.submit(job_request, owner=owner_of(request))
         except (QueueFullError, ValueError, KeyError, TypeError) as exc:
             yield {panel.progress: error_html(str(exc))}
             return
@@ -143,7 +151,8 @@ def wire_generation(ctx: UIContext, tab: str, widgets: dict[str, Any], styles: A
         }
 
     panel.generate.click(
-        run, inputs_kwargs={**widgets, **(extra_inputs or {}), "styles": styles}, outputs=outputs, concurrency_limit=None,
+        run, inputs_kwargs={**widgets, **(extra_inputs or {}), **(script_inputs or {}), "styles": styles},
+        outputs=outputs, concurrency_limit=None,
         show_progress="hidden", api_name=f"{tab}_generate",
     )
 
