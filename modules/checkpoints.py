@@ -9,7 +9,7 @@ missing and zero unexpected keys.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -147,6 +147,11 @@ def load_checkpoint(
                         prediction_override=prediction_override)
 
 
+# The mixed plan (bf16 matmuls in the transformer blocks, devices.py) pays off at real models' width: an
+# SD1.5 step ran ~1.3x faster (docs/benchmarks.md), while the 32-channel demo model ran ~5-10% slower.
+MIXED_MIN_CHANNELS = 320
+
+
 def build_bundle(
     sd: Mapping[str, Any],
     path: Path,
@@ -162,6 +167,8 @@ def build_bundle(
     with torch.device("meta"):
         unet = UNetModel(detection.unet_config, dtype=plan.unet_dtype)
         autoencoder = AutoencoderKL(detection.vae_config)
+    if plan.transformer_dtype is not None and detection.unet_config.model_channels < MIXED_MIN_CHANNELS:
+        plan = replace(plan, transformer_dtype=None)  # narrow layers: the casts cost more than bf16 saves
     mixed = dict.fromkeys(transformer_matmul_parameters(unet), plan.transformer_dtype) if plan.transformer_dtype else {}
     missing_unet, used_unet = assign_weights(unet, _prefixed(sd, UNET_PREFIX), plan.unet_dtype, plan.device,
                                              overrides=mixed)

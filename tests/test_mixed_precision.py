@@ -26,6 +26,15 @@ FP32 = DevicePlan(torch.device("cpu"), torch.float32, torch.float32, torch.float
 MIXED = DevicePlan(torch.device("cpu"), torch.float32, torch.float32, torch.float32, transformer_dtype=torch.bfloat16)
 
 
+@pytest.fixture
+def narrow_models_mixed(monkeypatch):
+    """Let the tiny test models (and the 32-channel demo) take the mixed plan, which Palette keeps for
+    models of SD's width, so the bf16 path is exercised here on the real key layout."""
+    from modules import checkpoints
+
+    monkeypatch.setattr(checkpoints, "MIXED_MIN_CHANNELS", 0)
+
+
 @pytest.mark.parametrize("flags,native", [
     ("flags\t\t: fpu sse avx512f avx512bw avx512_bf16 avx512_vnni\n", True),
     ("flags\t\t: fpu sse amx_bf16 amx_tile\n", True),
@@ -51,7 +60,7 @@ def test_the_cpu_plan_is_mixed_only_where_bf16_is_native_and_fp32_turns_it_off()
         assert "transformer blocks bfloat16" in auto.description
 
 
-def test_a_real_key_layout_loads_with_bf16_matmuls_in_the_transformer_blocks_only(tmp_path):
+def test_a_real_key_layout_loads_with_bf16_matmuls_in_the_transformer_blocks_only(tmp_path, narrow_models_mixed):
     path = write_tiny_checkpoint(tmp_path / "tiny.safetensors", "sd1")
     unet = load_checkpoint(path, MIXED).unet.model
     dtypes = {name: p.dtype for name, p in unet.state_dict().items()}
@@ -68,7 +77,32 @@ def test_a_real_key_layout_loads_with_bf16_matmuls_in_the_transformer_blocks_onl
         assert dtypes[name] == torch.float32, name
 
 
-def test_unet_output_stays_within_bf16_rounding_of_fp32(tmp_path):
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_full_size_models_take_the_mixed_plan(family):
+    """The published SD1.5 / SDXL layouts (on the meta device: shapes only) get bf16 transformer matmuls."""
+    from modules.checkpoints import build_bundle
+    from tests.test_checkpoints import full_size_state_dict
+
+    meta = DevicePlan(torch.device("meta"), torch.float32, torch.float32, torch.float32, transformer_dtype=torch.bfloat16)
+    bundle = build_bundle(full_size_state_dict(family), Path(f"{family}.safetensors"), meta)
+    dtypes = {name: p.dtype for name, p in bundle.unet.model.state_dict().items()}
+    assert dtypes["input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"] == torch.bfloat16
+    assert dtypes["input_blocks.4.1.transformer_blocks.0.norm1.weight"] == torch.float32
+    assert bundle.plan.transformer_dtype == torch.bfloat16
+
+
+def test_narrow_models_stay_fp32_and_the_infotext_says_what_ran(tmp_path):
+    """Below SD's width the casts cost more than bf16 saves (the demo model ran slower), so such a model
+    loads all fp32 even under the mixed plan, and its pictures say so."""
+    from modules import infotext
+
+    bundle = load_checkpoint(write_tiny_checkpoint(tmp_path / "tiny.safetensors", "sd1"), MIXED)
+    assert {p.dtype for p in bundle.unet.model.parameters()} == {torch.float32}
+    assert bundle.plan.transformer_dtype is None
+    assert infotext.precision_value(bundle.plan) == "unet fp32 / text fp32 / vae fp32 / cpu"
+
+
+def test_unet_output_stays_within_bf16_rounding_of_fp32(tmp_path, narrow_models_mixed):
     path = write_tiny_checkpoint(tmp_path / "tiny.safetensors", "sd1", dtype=torch.float32)
     exact, mixed = load_checkpoint(path, FP32).unet.model, load_checkpoint(path, MIXED).unet.model
     gen = torch.Generator().manual_seed(0)
@@ -90,7 +124,7 @@ def _pictures(plan: DevicePlan, root: Path, checkpoint: str, prompts: list[str],
                                                            **kw)).images]
 
 
-def test_loras_patch_the_bf16_weights_and_take_them_off_again(tmp_path):
+def test_loras_patch_the_bf16_weights_and_take_them_off_again(tmp_path, narrow_models_mixed):
     from tests import test_lora as lora_tests  # the kohya key layout and helpers of the LoRA tests
 
     bundle = load_checkpoint(write_tiny_checkpoint(tmp_path / "tiny.safetensors", "sd1"), MIXED)
@@ -107,7 +141,7 @@ def test_loras_patch_the_bf16_weights_and_take_them_off_again(tmp_path):
 
 
 @pytest.mark.skipif(not DEMO.is_file(), reason="the demo model is not in models/Stable-diffusion")
-def test_demo_pictures_look_the_same_in_the_mixed_plan(tmp_path):
+def test_demo_pictures_look_the_same_in_the_mixed_plan(tmp_path, narrow_models_mixed):
     """The quality check: a trained model's pictures drawn both ways, same seeds. bf16 rounding may move
     an edge pixel, never the colours or the layout a user asked for."""
     sys.path.insert(0, str(ROOT / "tools"))
