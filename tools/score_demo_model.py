@@ -3,8 +3,10 @@ reports (the test only says pass or fail).
 
     .venv/bin/python tools/score_demo_model.py                     # the shipped model, 20 seeds a prompt
     .venv/bin/python tools/score_demo_model.py /tmp/run/snap.safetensors --seeds 4   # a quick look
+    .venv/bin/python tools/score_demo_model.py --cfg 3 --cfg 5 --cfg 7             # chosen CFG scales
 
-Pictures come from the real Engine (256x256, 20 steps, Euler a, CFG 7) and are measured by
+Pictures come from the real Engine (256x256, 20 steps, Euler a; by default at the CFG scale the file
+suggests, `palette.default_cfg_scale`, and at A1111's 7) and are measured by
 `demo_data.measure`. Also reported: where the UNet puts the shape at the sampler's first step (the
 brightness centroid of its x0 prediction from pure noise, per position word), which tells whether it
 reads position words at all before the sampler has committed to a layout.
@@ -77,7 +79,16 @@ def first_step_layout(model: Path, samples: int = 8) -> dict[str, tuple[float, f
     return out
 
 
-def score(model: Path, seeds: int) -> None:
+def suggested_cfg(model: Path) -> float | None:
+    """The CFG scale the file asks the UI for (`palette.default_cfg_scale`), or None."""
+    from modules.types import CheckpointHints
+    from modules.weights_io import read_safetensors_header
+
+    return CheckpointHints.from_metadata(read_safetensors_header(model)[2]).cfg_scale
+
+
+def score(model: Path, seeds: int, cfgs: list[float]) -> None:
+    """Every criterion of tests/test_demo_model.py at each CFG scale of `cfgs`, with the numbers behind it."""
     engine = train_demo_model.make_engine(model)
 
     def measures(prompt: str, *, seed: int = 1, **kwargs) -> list[demo_data.Measure]:
@@ -85,32 +96,33 @@ def score(model: Path, seeds: int) -> None:
         return [demo_data.measure(im) for im in images]
 
     started = time.time()
-    grid = {p: measures(demo_data.prompt_for(*p)) for p in demo_data.SCORE_PROMPTS}
-    n = len(grid) * seeds
-    both = {p: sum(m.shape_color == p[0] and m.background == p[2] for m in ms) for p, ms in grid.items()}
-    print(f"model {model} ({seeds} seeds a prompt, CFG 7)")
-    print(f"colour + background right: {sum(both.values()) / n:.1%}")
-    for p, hits in both.items():
-        got = ", ".join(f"{m.shape_color}/{m.background}" for m in grid[p][:4])
-        print(f"  {p[0]} {p[1]} on {p[2]}: {hits}/{seeds} (first: {got})")
-    print(f"background alone: {sum(m.background == p[2] for p, ms in grid.items() for m in ms) / n:.1%}, "
-          f"shape colour alone: {sum(m.shape_color == p[0] for p, ms in grid.items() for m in ms) / n:.1%}")
-    pos = {p[3]: sum(m.position() == p[3] for m in ms) for p, ms in grid.items()}
-    print(f"position right: {sum(pos.values()) / n:.1%} {pos}")
-    print(f"fully right (colour, background, position): {sum(fully_right(p, m) for p, ms in grid.items() for m in ms) / n:.1%}")
-
-    low = {p: measures(demo_data.prompt_for(*p), cfg=1.5) for p in demo_data.SCORE_PROMPTS[:4]}
-    high = {p: grid[p] for p in low}
-    full = lambda r: sum(fully_right(p, m) for p, ms in r.items() for m in ms)  # noqa: E731
-    pair = lambda r: sum(m.shape_color == p[0] and m.background == p[2] for p, ms in r.items() for m in ms)  # noqa: E731
-    print(f"CFG 7 vs 1.5 (first 4 prompts, {4 * seeds} pictures each): fully right {full(high)} vs {full(low)}; "
-          f"colour + background {pair(high)} vs {pair(low)}")
-
-    prompt = "a red circle on a white background"
-    plain = statistics.mean(m.shares["red"] for m in measures(prompt, seed=100))
-    steered = statistics.mean(m.shares["red"] for m in measures(prompt, seed=100, negative="red"))
-    print(f"negative prompt 'red' on '{prompt}': red share {plain:.3f} -> {steered:.3f} "
-          f"({(steered - plain) / plain:+.0%})")
+    print(f"model {model} ({seeds} seeds a prompt; the file suggests CFG {suggested_cfg(model)})")
+    low = None
+    for cfg in cfgs:
+        grid = {p: measures(demo_data.prompt_for(*p), cfg=cfg) for p in demo_data.SCORE_PROMPTS}
+        n = len(grid) * seeds
+        both = {p: sum(m.shape_color == p[0] and m.background == p[2] for m in ms) for p, ms in grid.items()}
+        print(f"== CFG {cfg:g}")
+        print(f"colour + background right: {sum(both.values()) / n:.1%}")
+        for p, hits in both.items():
+            got = ", ".join(f"{m.shape_color}/{m.background}" for m in grid[p][:4])
+            print(f"  {p[0]} {p[1]} on {p[2]}: {hits}/{seeds} (first: {got})")
+        print(f"background alone: {sum(m.background == p[2] for p, ms in grid.items() for m in ms) / n:.1%}, "
+              f"shape colour alone: {sum(m.shape_color == p[0] for p, ms in grid.items() for m in ms) / n:.1%}")
+        pos = {p[3]: sum(m.position() == p[3] for m in ms) for p, ms in grid.items()}
+        print(f"position right: {sum(pos.values()) / n:.1%} {pos}")
+        print(f"fully right (colour, background, position): {sum(fully_right(p, m) for p, ms in grid.items() for m in ms) / n:.1%}")
+        if low is None:
+            low = {p: measures(demo_data.prompt_for(*p), cfg=1.5) for p in demo_data.SCORE_PROMPTS[:4]}
+        high = {p: grid[p] for p in low}
+        print(f"CFG {cfg:g} vs 1.5 (first 4 prompts, {4 * seeds} pictures each): fully right "
+              f"{fully_right_count(high)} vs {fully_right_count(low)}; prompted colour's share "
+              f"{prompted_share(high):.3f} vs {prompted_share(low):.3f}")
+        prompt = "a red circle on a white background"
+        plain = statistics.mean(m.shares["red"] for m in measures(prompt, seed=100, cfg=cfg))
+        steered = statistics.mean(m.shares["red"] for m in measures(prompt, seed=100, negative="red", cfg=cfg))
+        print(f"negative prompt 'red' on '{prompt}': red share {plain:.3f} -> {steered:.3f} "
+              f"({(steered - plain) / plain:+.0%})")
     layout = first_step_layout(model)
     print("first step (x0 from pure noise, t = 999), centroid per position word:")
     for word, (x, y) in layout.items():
@@ -119,12 +131,25 @@ def score(model: Path, seeds: int) -> None:
     print(f"({time.time() - started:.0f} s)")
 
 
+def fully_right_count(results: dict[tuple[str, str, str, str], list[demo_data.Measure]]) -> int:
+    return sum(fully_right(p, m) for p, ms in results.items() for m in ms)
+
+
+def prompted_share(results: dict[tuple[str, str, str, str], list[demo_data.Measure]]) -> float:
+    """Mean share of the picture in the prompt's shape colour: how hard the prompt pulls."""
+    return statistics.mean(m.shares[p[0]] for p, ms in results.items() for m in ms)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", type=Path, nargs="?", default=DEFAULT_MODEL)
     ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--cfg", type=float, action="append",
+                    help="CFG scale to score at (repeatable); default: the file's suggested CFG, and A1111's 7")
     args = ap.parse_args(argv)
-    score(args.model.resolve(), args.seeds)
+    model = args.model.resolve()
+    cfgs = args.cfg or sorted({suggested_cfg(model) or 7.0, 7.0})
+    score(model, args.seeds, cfgs)
     return 0
 
 

@@ -53,6 +53,9 @@ DEFAULT_OUT = ROOT / "models" / "Stable-diffusion" / "palette-demo.safetensors"
 DEFAULT_GRID = ROOT / "docs" / "demo-grid.png"
 SD1_LATENT_SCALE = 0.18215
 RESOLUTION = 256
+# The CFG scale the file asks the UI for (`palette.default_cfg_scale`): the demo follows its prompts at
+# CFG 1.5-5 and overshoots at A1111's 7 (docs/demo-model.md, "CFG scale"); chosen from the measured curve.
+SUGGESTED_CFG = 4.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,14 @@ class Recipe:
     # there, so the layout at the first step has to come from the text (see train_unet).
     pure_noise_from: int = 990
     p_pure_noise: float = 0.1
+    # Guidance at CFG 7 extrapolates the first steps' picture to k x0 with k up to ~7 (the latents are
+    # zero-mean, so the unconditional first-step picture is ~0), a latent no training picture has; the
+    # UNet then maps it to colours no prompt asked for. p_overshoot of the batch at
+    # overshoot_from <= t < pure_noise_from sees k x0 (log-uniform k in [1, overshoot_max]) and is asked
+    # for the clean x0 (see train_unet). 0 leaves it out.
+    p_overshoot: float = 0.0
+    overshoot_from: int = 600
+    overshoot_max: float = 8.0
     p_uncond: float = 0.15
     offset_noise: float = 0.1  # std of a per-picture, per-channel constant added to the noise (see train_unet)
     prediction: str = "v"  # "v" (v-prediction, marked by a `v_pred` key in the file) or "eps" (see train_unet)
@@ -412,6 +423,13 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         # SD's schedule leaks the picture's low frequencies at t = 999 (Lin et al. 2023), and a shape is
         # low frequency, so trained on the leak the model placed shapes where the noise happened to hint.
         seen = torch.where((t >= recipe.pure_noise_from).to(device)[:, None, None, None], torch.zeros_like(x0), x0)
+        k = torch.ones(recipe.unet_batch)
+        if recipe.p_overshoot > 0:  # (drawn only when used, so older recipes reproduce)
+            over = (torch.rand(recipe.unet_batch, generator=gen) < recipe.p_overshoot) \
+                & (t >= recipe.overshoot_from) & (t < recipe.pure_noise_from)
+            k = torch.where(over, torch.rand(recipe.unet_batch, generator=gen).mul(math.log(recipe.overshoot_max)).exp(), k)
+        k = k.to(device)[:, None, None, None]
+        seen = k * seen
         xt = a.sqrt() * seen + (1 - a).sqrt() * noise
         with autocast():
             with torch.no_grad():
@@ -423,6 +441,9 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         # in the eps loss (an x0 error e costs e^2 * SNR, 0.005 e^2 at t=999): the eps UNet ignored the
         # text at high noise and left the background colour to chance.
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if recipe.prediction == "v" else noise
+        # With the overshoot input (k x0) the target is the one whose implied x0 is the clean x0:
+        # v + a (k-1) x0 / sqrt(1-a), or eps + sqrt(a) (k-1) x0 / sqrt(1-a); exactly the usual one at k = 1.
+        target = target + (a if recipe.prediction == "v" else a.sqrt()) * (k - 1) * x0 / (1 - a).sqrt()
         per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weights[t].to(device)).mean()
         opt.zero_grad(set_to_none=True)
@@ -498,21 +519,26 @@ GRID_ROWS = (
 
 
 def draw_grid(model_path: Path, out: Path, seeds: int = 6) -> None:
+    """Six seeds per prompt of GRID_ROWS, at the CFG scale the file asks the UI for (as a user sees them)."""
     from PIL import Image, ImageDraw
 
+    from modules.types import CheckpointHints
+    from modules.weights_io import read_safetensors_header
+
+    cfg = CheckpointHints.from_metadata(read_safetensors_header(model_path)[2]).cfg_scale or 7.0
     engine = make_engine(model_path)
     cell, label_w = 128, 330
     grid = Image.new("RGB", (label_w + seeds * cell, len(GRID_ROWS) * cell), "white")
     draw = ImageDraw.Draw(grid)
     for r, (prompt, negative) in enumerate(GRID_ROWS):
-        images = generate(engine, prompt, list(range(1, seeds + 1)), negative=negative)
+        images = generate(engine, prompt, list(range(1, seeds + 1)), negative=negative, cfg=cfg)
         for c, im in enumerate(images):
             grid.paste(im.resize((cell, cell), Image.Resampling.LANCZOS), (label_w + c * cell, r * cell))
         text = prompt.replace(" background,", " background,\n")
         draw.multiline_text((6, r * cell + cell // 2 - 14), text, fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
-    log(f"grid: {out}")
+    log(f"grid: {out} (CFG {cfg:g})")
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -628,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         return {
             "palette.demo": "true",
             "palette.default_resolution": str(RESOLUTION),
+            "palette.default_cfg_scale": f"{SUGGESTED_CFG:g}",
             "modelspec.title": "Palette demo model (shapes)",
             "modelspec.architecture": "stable-diffusion-v1",
             "modelspec.description": "Palette's tiny demo model: one coloured shape on a flat background, "
