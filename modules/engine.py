@@ -27,7 +27,7 @@ from modules.types import CheckpointHints, GenerationRequest, NetworkEntry, Prog
 from modules.upscalers import UpscalerInfo, UpscalerRegistry
 from modules.validation import RequestError
 from modules.weights_io import (SafetensorsFile, WeightFileError, file_sha256, open_weights,
-                                read_safetensors_header, stat_key)
+                                stat_key)
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +163,9 @@ class Engine:
         if not name:
             return CheckpointHints()
         try:
-            path = self.find_checkpoint(name).path
-            if path.suffix.lower() != ".safetensors":
-                return CheckpointHints()
-            metadata = read_safetensors_header(path)[2]
+            return CheckpointHints.from_file(self.find_checkpoint(name).path)
         except (OSError, ValueError, WeightFileError):
             return CheckpointHints()
-        return CheckpointHints.from_metadata(metadata)
 
     def find_checkpoint(self, name: str) -> CheckpointInfo:
         """Accept a file name, a relative name, a title with `[hash]`, a stem or a hash prefix."""

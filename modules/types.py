@@ -56,6 +56,15 @@ class CheckpointHints:
     cfg_scale: float | None = None
 
     @classmethod
+    def from_file(cls, path: Path) -> "CheckpointHints":
+        """The hints in a .safetensors file's header (read alone, no tensors); none for other formats."""
+        from modules.weights_io import read_safetensors_header
+
+        if Path(path).suffix.lower() != ".safetensors":
+            return cls()
+        return cls.from_metadata(read_safetensors_header(Path(path))[2])
+
+    @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> "CheckpointHints":
         def number(key: str) -> float | None:
             try:

@@ -39,9 +39,8 @@ NOT_YET = pytest.mark.xfail(strict=True, reason="demo model v3 overshoots at CFG
 
 def suggested_cfg() -> float:
     from modules.types import CheckpointHints
-    from modules.weights_io import read_safetensors_header
 
-    return CheckpointHints.from_metadata(read_safetensors_header(MODEL)[2]).cfg_scale or 7.0
+    return CheckpointHints.from_file(MODEL).cfg_scale or 7.0
 
 
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} not trained yet (tools/train_demo_model.py)")

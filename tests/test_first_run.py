@@ -25,9 +25,8 @@ DEMO = ROOT / "models" / "Stable-diffusion" / "palette-demo.safetensors"
 
 def demo_cfg() -> float | None:
     from modules.types import CheckpointHints
-    from modules.weights_io import read_safetensors_header
 
-    return CheckpointHints.from_metadata(read_safetensors_header(DEMO)[2]).cfg_scale if DEMO.is_file() else None
+    return CheckpointHints.from_file(DEMO).cfg_scale if DEMO.is_file() else None
 
 
 DEMO_CFG = demo_cfg() or 7.0  # A1111's default when the file names none

@@ -82,9 +82,8 @@ def first_step_layout(model: Path, samples: int = 8) -> dict[str, tuple[float, f
 def suggested_cfg(model: Path) -> float | None:
     """The CFG scale the file asks the UI for (`palette.default_cfg_scale`), or None."""
     from modules.types import CheckpointHints
-    from modules.weights_io import read_safetensors_header
 
-    return CheckpointHints.from_metadata(read_safetensors_header(model)[2]).cfg_scale
+    return CheckpointHints.from_file(model).cfg_scale
 
 
 def score(model: Path, seeds: int, cfgs: list[float]) -> None:

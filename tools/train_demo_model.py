@@ -523,9 +523,8 @@ def draw_grid(model_path: Path, out: Path, seeds: int = 6) -> None:
     from PIL import Image, ImageDraw
 
     from modules.types import CheckpointHints
-    from modules.weights_io import read_safetensors_header
 
-    cfg = CheckpointHints.from_metadata(read_safetensors_header(model_path)[2]).cfg_scale or 7.0
+    cfg = CheckpointHints.from_file(model_path).cfg_scale or 7.0
     engine = make_engine(model_path)
     cell, label_w = 128, 330
     grid = Image.new("RGB", (label_w + seeds * cell, len(GRID_ROWS) * cell), "white")
