@@ -40,7 +40,15 @@ def upload_picture(page, tmp_path, size=(256, 192)) -> None:
     path = tmp_path / "picture.png"
     Image.new("RGB", size, BLUE).save(path)
     page.locator("#inpaint-editor input[type=file]").first.set_input_files(str(path))
+    wait_for_picture_in_editor(page)
+
+
+def wait_for_picture_in_editor(page) -> None:
+    """The editor drops its "Upload an image" prompt once the picture is its background layer; until
+    then a Generate click sends no image (the canvas element itself is there from the start, so waiting
+    for it proves nothing). Under load the picture can take well over a second to arrive."""
     page.locator("#inpaint-editor canvas").first.wait_for()
+    page.wait_for_function("!document.querySelector('#inpaint-editor')?.innerText?.includes('Upload an image')")
     page.wait_for_timeout(500)  # the editor draws the picture, then takes strokes
 
 
@@ -133,8 +141,7 @@ class TestInpaintTab:
         page.locator("#txt2img-generate").click()
         ui.gallery_images(page, "txt2img").first.wait_for()
         page.locator("#txt2img-send-to-inpaint").click()
-        page.locator("#inpaint-editor canvas").first.wait_for()
-        page.wait_for_timeout(800)
+        wait_for_picture_in_editor(page)
         paint_stroke(page)
         generate(page)
         assert engine.calls[-1].init_images[0].size == (320, 256) and engine.calls[-1].mask.getbbox() is not None
