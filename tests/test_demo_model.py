@@ -6,6 +6,7 @@ border's dominant colour, the shape is the dominant other colour, and its centro
 (thirds of the picture). Criteria from the issue, at the CFG scale the file asks the UI for
 (`palette.default_cfg_scale`, what a user of the UI gets): over 20 seeds per prompt, >= 80% of pictures
 show the prompted colour on the prompted background and >= 60% put the shape in the prompted position;
+prompts that differ only in the shape word draw that shape (demo_data.classify_shape, a template fit);
 a negative prompt naming the prompted colour lowers that colour's share; a higher CFG scale follows the
 prompt more strictly (from CFG 1.5 up to the suggested scale the prompted colour takes more of the
 picture, and as many pictures stay fully right); a 256x256 picture at 20 steps takes under 2 s on the CPU.
@@ -30,6 +31,8 @@ SEEDS = 20
 SIZE = 256
 STEPS = 20
 PROMPTS = demo_data.SCORE_PROMPTS
+SHAPE_SEEDS = 10
+SHAPE_RATE = 0.5  # v3 draws one blob for every shape word (27%, chance 20%); see SHAPES_NOT_YET
 
 # The shipped model (v3, 2026-11-30) is right at CFG 1-5 and overshoots at A1111's 7 (white turns
 # pink, blue purple: docs/demo-model.md), so the file asks the UI for CFG 4 and the criteria are tested
@@ -118,6 +121,23 @@ def test_position_follows_the_prompt(grid):
     assert rate >= 0.60, f"position correct in {rate:.0%} (per prompt: {hits})"
 
 
+# v3 does not follow shape words (27% on the scorer); a shape-weighted fine-tune (--init-from v3 --set
+# shape_weight=4) reached 53% at 1,000 of 2,400 steps but is not scored in full yet (docs/demo-model.md).
+SHAPES_NOT_YET = pytest.mark.xfail(strict=True, reason="demo model v3 draws the same blob for every shape word")
+
+
+@pytest.mark.slow
+@SHAPES_NOT_YET
+def test_shape_follows_the_prompt(engine):
+    """Prompts that differ only in the shape word (demo_data.SHAPE_PROMPTS: five shapes in three colour
+    pairs) are drawn as that shape, named by demo_data.classify_shape; chance is one in five."""
+    per_shape = dict.fromkeys(demo_data.SHAPES, 0)
+    for p in demo_data.SHAPE_PROMPTS:
+        per_shape[p[1]] += sum(m.shape == p[1] for m in generate(engine, demo_data.prompt_for(*p), count=SHAPE_SEEDS))
+    rate = sum(per_shape.values()) / (len(demo_data.SHAPE_PROMPTS) * SHAPE_SEEDS)
+    assert rate >= SHAPE_RATE, f"shape right in {rate:.0%} (per shape, of {3 * SHAPE_SEEDS}: {per_shape})"
+
+
 @pytest.mark.slow
 def test_negative_prompt_steers_away_from_its_colour(engine):
     prompt = "a red circle on a white background"
@@ -172,3 +192,21 @@ def test_quick_training_writes_a_loadable_model(tmp_path):
     engine = make_engine(out.parent, tmp_path / "outputs")
     ms = generate(engine, "a red circle on a blue background", count=1, steps=4, checkpoint=out.name)
     assert len(ms) == 1
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_demo_file_records_where_it_started(tmp_path):
+    """`--init-from` (how v4 was made from v3): the new file loads, and its metadata names its start."""
+    import json
+
+    import train_demo_model
+
+    start = tmp_path / "models" / "start.safetensors"
+    tuned = tmp_path / "models" / "tuned.safetensors"
+    assert train_demo_model.main(["--quick", "--out", str(start), "--work-dir", str(tmp_path / "work")]) == 0
+    assert train_demo_model.main(["--quick", "--init-from", str(start), "--set", "shape_weight=4", "--out", str(tuned),
+                                  "--work-dir", str(tmp_path / "work")]) == 0
+    training = json.loads(train_demo_model.training_metadata(tuned))
+    assert training["init_from"].startswith("start.safetensors sha256 ") and training["recipe"]["shape_weight"] == 4
+    engine = make_engine(tuned.parent, tmp_path / "outputs")
+    assert len(generate(engine, "a red star on a blue background", count=1, steps=4, checkpoint=tuned.name)) == 1

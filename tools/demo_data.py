@@ -230,6 +230,15 @@ SCORE_PROMPTS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# The prompts shape-following is scored on: every shape in three colour pairs, in the centre, so that only
+# the shape word differs between the prompts of a pair (chance: one in five).
+SHAPE_PROMPTS: tuple[tuple[str, str, str, str], ...] = tuple(
+    (color, shape, background, "center")
+    for color, background in (("yellow", "blue"), ("red", "white"), ("green", "black"))
+    for shape in SHAPES
+)
+
+
 def make_dataset(count: int, seed: int, size: int = 256) -> tuple[list[Scene], np.ndarray]:
     """`count` scenes and their pictures as uint8 [N, size, size, 3], reproducible from `seed`."""
     rng = random.Random(seed)
@@ -250,6 +259,49 @@ def classify_pixels(pixels: np.ndarray) -> np.ndarray:
     return dist.argmin(1).reshape(pixels.shape[:2])
 
 
+def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    """bool [size, size]: the shape as `render` draws it (pixel units), without anti-aliasing."""
+    image = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=255)
+    return np.asarray(image) > 127
+
+
+_TEMPLATE_ANGLES = (-0.3, -0.15, 0.0, 0.15, 0.3)  # training tilts are within +-0.25 rad
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str | None, float]:
+    """Which of SHAPES a region (bool [H, W]) looks like, and how well (IoU in [0, 1]).
+
+    Every shape is drawn with the region's area and centroid at a few tilts; the best IoU wins. A
+    blob that is none of them still gets the nearest name, with a low IoU. Deterministic and cheap
+    (25 small rasterisations)."""
+    area = int(mask.sum())
+    if area < 16:
+        return None, 0.0
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    my, mx = ys.mean(), xs.mean()
+    best, best_iou = None, -1.0
+    for shape in SHAPES:
+        unit = _shape_mask(shape, 256, 128.0, 128.0, 100.0, 0.0)
+        r = 100.0 * math.sqrt(area / max(int(unit.sum()), 1))
+        uy, ux = np.nonzero(unit)
+        off_x, off_y = (ux.mean() - 128.0) * r / 100.0, (uy.mean() - 128.0) * r / 100.0  # the shape's own centroid
+        for angle in (_TEMPLATE_ANGLES if shape != "circle" else (0.0,)):
+            ca, sa = math.cos(angle), math.sin(angle)
+            cx = mx - (off_x * ca - off_y * sa)
+            cy = my - (off_x * sa + off_y * ca)
+            template = _shape_mask(shape, max(h, w), cx, cy, r, angle)[:h, :w]
+            iou = float((template & mask).sum() / max((template | mask).sum(), 1))
+            if iou > best_iou:
+                best, best_iou = shape, iou
+    return best, best_iou
+
+
 @dataclass(frozen=True)
 class Measure:
     background: str  # most common colour along the picture's border
@@ -257,6 +309,8 @@ class Measure:
     shape_share: float  # fraction of the picture in shape_color
     centroid: tuple[float, float] | None  # (x, y) of the shape region, fractions of the picture
     shares: dict[str, float]  # fraction of the picture per named colour
+    shape: str | None = None  # classify_shape of the pixels that are not the background colour
+    shape_iou: float = 0.0  # how well that shape fits them
 
     def position(self) -> str | None:
         """The position word whose third of the picture holds the centroid."""
@@ -285,4 +339,17 @@ def measure(image: Image.Image | np.ndarray, min_share: float = 0.005) -> Measur
         return Measure(COLOR_NAMES[bg], None, 0.0, None, shares)
     ys, xs = np.nonzero(labels == fg)
     centroid = (float(xs.mean() + 0.5) / w, float(ys.mean() + 0.5) / h)
-    return Measure(COLOR_NAMES[bg], COLOR_NAMES[fg], float(others[fg]), centroid, shares)
+    shape, iou = classify_shape(_largest_region(labels != bg))
+    return Measure(COLOR_NAMES[bg], COLOR_NAMES[fg], float(others[fg]), centroid, shares, shape, iou)
+
+
+def _largest_region(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected part of a bool mask (specks of off-colour near the border, which the
+    small autoencoder leaves, are not part of the shape)."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask
+    biggest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+    return labels == biggest

@@ -6,14 +6,16 @@ reports (the test only says pass or fail).
     .venv/bin/python tools/score_demo_model.py --cfg 3 --cfg 5 --cfg 7             # chosen CFG scales
 
 Pictures come from the real Engine (256x256, 20 steps, Euler a; by default at the CFG scale the file
-suggests, `palette.default_cfg_scale`, and at A1111's 7) and are measured by
-`demo_data.measure`. Also reported: where the UNet puts the shape at the sampler's first step (the
-brightness centroid of its x0 prediction from pure noise, per position word), which tells whether it
-reads position words at all before the sampler has committed to a layout.
+suggests, `palette.default_cfg_scale`, and at A1111's 7) and are measured by `demo_data.measure`:
+colour, background, position, and the shape (`demo_data.classify_shape`, on `demo_data.SHAPE_PROMPTS`,
+which differ only in the shape word). Also reported: where the UNet puts the shape at the sampler's
+first step (the brightness centroid of its x0 prediction from pure noise, per position word), which
+tells whether it reads position words at all before the sampler has committed to a layout.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import sys
 import time
@@ -43,20 +45,13 @@ def first_step_layout(model: Path, samples: int = 8) -> dict[str, tuple[float, f
     import json
 
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    with safe_open(str(model), "pt") as f:
-        recorded = json.loads(f.metadata()["palette.training"])["recipe"]
+    recorded = json.loads(train_demo_model.training_metadata(model))["recipe"]
     known = {f.name for f in dataclasses.fields(train_demo_model.Recipe)}
     recipe = train_demo_model.Recipe(**{k: tuple(v) if isinstance(v, list) else v
                                        for k, v in recorded.items() if k in known})
     unet, vae, text = train_demo_model.build_networks(recipe)
-    weights = load_file(str(model))
-    for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
-                           ("cond_stage_model.transformer.", text)):
-        module.load_state_dict({k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)},
-                               strict=False)
+    train_demo_model.load_demo_file(model, unet, vae, text, torch.device("cpu"))
     unet.eval(), vae.eval(), text.eval()
     ids = train_demo_model.TextIds()
     a = train_demo_model.sd_alphas_cumprod()[999]
@@ -117,6 +112,12 @@ def score(model: Path, seeds: int, cfgs: list[float]) -> None:
         print(f"CFG {cfg:g} vs 1.5 (first 4 prompts, {4 * seeds} pictures each): fully right "
               f"{fully_right_count(high)} vs {fully_right_count(low)}; prompted colour's share "
               f"{prompted_share(high):.3f} vs {prompted_share(low):.3f}")
+        shapes = {p: measures(demo_data.prompt_for(*p), cfg=cfg) for p in demo_data.SHAPE_PROMPTS}
+        print(f"shape right: {shape_rate(shapes):.1%} (chance 20%; {len(shapes)} prompts that differ only in "
+              f"the shape word); drawn as:")
+        for shape in demo_data.SHAPES:
+            drawn = collections.Counter(m.shape for p, ms in shapes.items() if p[1] == shape for m in ms)
+            print(f"  {shape:8s} " + ", ".join(f"{k} {v}" for k, v in drawn.most_common()))
         prompt = "a red circle on a white background"
         plain = statistics.mean(m.shares["red"] for m in measures(prompt, seed=100, cfg=cfg))
         steered = statistics.mean(m.shares["red"] for m in measures(prompt, seed=100, negative="red", cfg=cfg))
@@ -128,6 +129,12 @@ def score(model: Path, seeds: int, cfgs: list[float]) -> None:
         want = demo_data.POSITIONS[word]
         print(f"  {word:13s} ({x:.2f}, {y:.2f})  drawn at ({want[0]:.2f}, {want[1]:.2f})")
     print(f"({time.time() - started:.0f} s)")
+
+
+def shape_rate(results: dict[tuple[str, str, str, str], list[demo_data.Measure]]) -> float:
+    """Share of pictures whose region classify_shape names the prompted shape."""
+    pictures = [(p, m) for p, ms in results.items() for m in ms]
+    return sum(m.shape == p[1] for p, m in pictures) / len(pictures)
 
 
 def fully_right_count(results: dict[tuple[str, str, str, str], list[demo_data.Measure]]) -> int:

@@ -111,6 +111,11 @@ class Recipe:
     overshoot_from: int = 600
     overshoot_max: float = 8.0
     p_uncond: float = 0.15
+    # The shape is a few percent of a picture, so in a plain MSE the background and the colours outweigh
+    # whether a circle has corners. shape_weight > 0 weights each latent pixel 1 + shape_weight * m, m =
+    # the shape's coverage of that pixel, dilated by one latent pixel so the outline's outside counts too
+    # (the loss is renormalised per picture; see shape_masks). 0 is the plain loss.
+    shape_weight: float = 0.0
     offset_noise: float = 0.1  # std of a per-picture, per-channel constant added to the noise (see train_unet)
     prediction: str = "v"  # "v" (v-prediction, marked by a `v_pred` key in the file) or "eps" (see train_unet)
     ema_decay: float = 0.999
@@ -376,10 +381,25 @@ class EMA:
                 p.copy_(value)
 
 
+def shape_masks(scenes, pixels: np.ndarray, threshold: float = 60.0) -> torch.Tensor:
+    """[N, 1, H/8, W/8] in [0, 1]: how much of each latent pixel the shape covers (a picture pixel is the
+    shape's when it is further than `threshold` from the scene's background colour), dilated by one
+    latent pixel (3x3 max) so that a shape drawn too large is also penalised there."""
+    out = []
+    for start in range(0, len(pixels), 500):
+        chunk = torch.from_numpy(pixels[start:start + 500]).float()
+        bg = torch.tensor([s.bg_rgb for s in scenes[start:start + 500]], dtype=torch.float32)[:, None, None, :]
+        fg = ((chunk - bg).pow(2).sum(-1).sqrt() > threshold).float()[:, None]
+        cover = F.avg_pool2d(fg, 8)
+        out.append(F.max_pool2d(cover, 3, stride=1, padding=1))
+    return torch.cat(out)
+
+
 def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, device, autocast,
-               snapshot=None, snapshot_every: int = 0) -> EMA:
+               snapshot=None, snapshot_every: int = 0, masks: torch.Tensor | None = None) -> EMA:
     """`snapshot(ema)` runs every `snapshot_every` steps, so a long run leaves a usable model behind.
-    The text encoder (trained by `train_text`) stays frozen: the UNet learns to read it."""
+    The text encoder (trained by `train_text`) stays frozen: the UNet learns to read it. `masks`
+    (shape_masks) are needed when recipe.shape_weight > 0."""
     ids_for = TextIds()
     rng = random.Random(recipe.seed + 2)
     gen = torch.Generator().manual_seed(recipe.seed + 3)
@@ -444,7 +464,11 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         # With the overshoot input (k x0) the target is the one whose implied x0 is the clean x0:
         # v + a (k-1) x0 / sqrt(1-a), or eps + sqrt(a) (k-1) x0 / sqrt(1-a); exactly the usual one at k = 1.
         target = target + (a if recipe.prediction == "v" else a.sqrt()) * (k - 1) * x0 / (1 - a).sqrt()
-        per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+        if recipe.shape_weight > 0:
+            w = 1 + recipe.shape_weight * masks[idx].to(device)
+            per = ((pred.float() - target).pow(2) * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
+        else:
+            per = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (per * weights[t].to(device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -484,6 +508,58 @@ def save_checkpoint(path: Path, unet, vae, text_model, metadata: dict[str, str],
 
 
 # ---- generating with the engine ------------------------------------------------------------------
+
+def training_metadata(path: Path) -> str:
+    """The `palette.training` metadata of an earlier demo file (JSON text)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()["palette.training"]
+
+
+def load_demo_file(path: Path, unet, vae, text_model, device) -> str:
+    """Load an earlier demo file's three networks (fp16 in the file, fp32 here); returns a note for the
+    metadata naming the file and its hash, so the result records what it was fine-tuned from."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    for prefix, module in (("model.diffusion_model.", unet), ("first_stage_model.", vae),
+                           ("cond_stage_model.transformer.", text_model)):
+        state = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise SystemExit(f"{path}: does not match this recipe's networks (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        module.to(device)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    steps = json.loads(training_metadata(path)).get("unet_steps_done")
+    return f"{path.name} sha256 {digest}, {steps} UNet steps"
+
+
+@torch.no_grad()
+def latents_for_file_vae(vae, pixels: np.ndarray, vae_file: Path, latent_file: Path, device, autocast) -> torch.Tensor:
+    """The training latents for a demo file's autoencoder, whose quant_conv already has the latent scale
+    folded in (fold_latent_scale). When --work-dir still holds the unfolded autoencoder that the file
+    was made from (same encoder weights, up to the file's fp16) and its latents, the same fold is
+    applied to those latents (the statistics are computed from them, as they were then); otherwise
+    every picture is encoded again through the file's autoencoder."""
+    from safetensors.torch import load_file
+
+    if vae_file.is_file() and latent_file.is_file():
+        kept = load_file(str(vae_file))
+        mine = vae.state_dict()
+        if all(torch.equal(kept[k].half(), mine[k].half()) for k in kept if k.startswith("encoder.")):
+            raw = load_file(str(latent_file))["latents"]
+            m = raw.mean(dim=(0, 2, 3))
+            c = 1.0 / (SD1_LATENT_SCALE * (raw - m[None, :, None, None]).std())
+            log(f"reused {latent_file.name} (the file's autoencoder before its latent scale was folded in)")
+            return (raw - m[None, :, None, None]) * c
+    log("encoding the pictures with the file's autoencoder")
+    return encode_all(vae, pixels, device, autocast)
+
 
 def make_engine(model_path: Path):
     """An Engine that sees only `model_path` (its folder), on the CPU or GPU it picks itself."""
@@ -585,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the trained autoencoder is kept between runs")
     ap.add_argument("--reuse-vae", action="store_true",
                     help="skip autoencoder training when --work-dir holds one for this seed (recipe changes to the UNet only)")
+    ap.add_argument("--init-from", type=Path, default=None, metavar="FILE",
+                    help="start from an earlier demo file of the same seed: its autoencoder, text encoder and UNet "
+                         "(no text training); the UNet then trains --unet-steps more (a fine-tuning stage)")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -617,34 +696,43 @@ def main(argv: list[str] | None = None) -> int:
 
     scenes, pixels = demo_data.make_dataset(recipe.images, recipe.seed)
     log(f"drew {len(scenes)} pictures")
+    init_note = None
     vae_file = args.work_dir / f"vae-seed{recipe.seed}{'-quick' if args.quick else ''}.safetensors"
-    if args.reuse_vae and vae_file.is_file():
-        from safetensors.torch import load_file
-
-        vae.load_state_dict(load_file(str(vae_file)))
-        vae_note = f"reused {vae_file.name} (trained earlier by this script with the same recipe)"
-        log(vae_note)
-    else:
-        from safetensors.torch import save_file
-
-        train_vae(vae, pixels, recipe, device, autocast)
-        args.work_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_file))
-        vae_note = "trained in this run"
-    vae.eval()
-    t_vae = time.time() - started
     latent_file = vae_file.with_name(vae_file.stem.replace("vae-", "latents-") + ".safetensors")
-    if args.reuse_vae and latent_file.is_file() and vae_note != "trained in this run":
-        from safetensors.torch import load_file
-
-        raw = load_file(str(latent_file))["latents"]
-        log(f"reused {latent_file.name} (this autoencoder's encodings of the same pictures)")
+    if args.init_from is not None:
+        init_note = load_demo_file(args.init_from, unet, vae, text_model, device)
+        vae_note = f"from {args.init_from.name}"
+        log(f"starting from {args.init_from} ({init_note})")
+        vae.eval()
+        t_vae = time.time() - started
+        latents = latents_for_file_vae(vae, pixels, vae_file, latent_file, device, autocast)
     else:
-        from safetensors.torch import save_file
+        if args.reuse_vae and vae_file.is_file():
+            from safetensors.torch import load_file
 
-        raw = encode_all(vae, pixels, device, autocast)
-        save_file({"latents": raw.contiguous()}, str(latent_file))
-    latents = fold_latent_scale(vae, raw)
+            vae.load_state_dict(load_file(str(vae_file)))
+            vae_note = f"reused {vae_file.name} (trained earlier by this script with the same recipe)"
+            log(vae_note)
+        else:
+            from safetensors.torch import save_file
+
+            train_vae(vae, pixels, recipe, device, autocast)
+            args.work_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_file))
+            vae_note = "trained in this run"
+        vae.eval()
+        t_vae = time.time() - started
+        if args.reuse_vae and latent_file.is_file() and vae_note != "trained in this run":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(latent_file))["latents"]
+            log(f"reused {latent_file.name} (this autoencoder's encodings of the same pictures)")
+        else:
+            from safetensors.torch import save_file
+
+            raw = encode_all(vae, pixels, device, autocast)
+            save_file({"latents": raw.contiguous()}, str(latent_file))
+        latents = fold_latent_scale(vae, raw)
     log(f"latents {tuple(latents.shape)}: scaled std {(latents * SD1_LATENT_SCALE).std():.3f}")
     vae.requires_grad_(False)
 
@@ -667,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
                 "unet_steps_done": unet_steps_done,
                 "vae_seconds": round(t_vae),
                 "text_attribute_accuracy": round(text_accuracy, 4),
+                **({"init_from": init_note} if init_note else {}),
                 "vae": vae_note,
                 "device": str(device),
                 "threads": torch.get_num_threads(),
@@ -680,9 +769,13 @@ def main(argv: list[str] | None = None) -> int:
         ema.save_snapshot(lambda: save_checkpoint(args.out, unet, vae, text_model, metadata(done),
                                                             v_prediction=recipe.prediction == "v"))
 
-    text_accuracy = train_text(text_model, scenes, recipe, device)
+    if init_note is None:
+        text_accuracy = train_text(text_model, scenes, recipe, device)
+    else:
+        text_accuracy = json.loads(training_metadata(args.init_from)).get("text_attribute_accuracy", float("nan"))
+    masks = shape_masks(scenes, pixels) if recipe.shape_weight > 0 else None
     ema = train_unet(unet, text_model, latents, scenes, recipe, device, autocast, snapshot=snapshot,
-                     snapshot_every=20 if args.quick else 500)
+                     snapshot_every=20 if args.quick else 500, masks=masks)
     ema.copy_to()
     elapsed = time.time() - started
     save_checkpoint(args.out, unet, vae, text_model, metadata(recipe.unet_steps), v_prediction=recipe.prediction == "v")
