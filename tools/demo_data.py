@@ -12,6 +12,7 @@ what "a red circle on a blue background, top left" looks like.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -270,6 +271,14 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, angle: fl
     return np.asarray(image) > 127
 
 
+@functools.cache
+def _unit_shape(shape: str) -> tuple[int, float, float]:
+    """Area and centroid offset (pixels) of the shape drawn at radius 100, untilted."""
+    unit = _shape_mask(shape, 256, 128.0, 128.0, 100.0, 0.0)
+    uy, ux = np.nonzero(unit)
+    return int(unit.sum()), float(ux.mean() - 128.0), float(uy.mean() - 128.0)
+
+
 _TEMPLATE_ANGLES = (-0.3, -0.15, 0.0, 0.15, 0.3)  # training tilts are within +-0.25 rad
 
 
@@ -287,10 +296,9 @@ def classify_shape(mask: np.ndarray) -> tuple[str | None, float]:
     my, mx = ys.mean(), xs.mean()
     best, best_iou = None, -1.0
     for shape in SHAPES:
-        unit = _shape_mask(shape, 256, 128.0, 128.0, 100.0, 0.0)
-        r = 100.0 * math.sqrt(area / max(int(unit.sum()), 1))
-        uy, ux = np.nonzero(unit)
-        off_x, off_y = (ux.mean() - 128.0) * r / 100.0, (uy.mean() - 128.0) * r / 100.0  # the shape's own centroid
+        unit_area, unit_off_x, unit_off_y = _unit_shape(shape)
+        r = 100.0 * math.sqrt(area / unit_area)
+        off_x, off_y = unit_off_x * r / 100.0, unit_off_y * r / 100.0  # the shape's own centroid
         for angle in (_TEMPLATE_ANGLES if shape != "circle" else (0.0,)):
             ca, sa = math.cos(angle), math.sin(angle)
             cx = mx - (off_x * ca - off_y * sa)

@@ -266,15 +266,20 @@ def encode_all(vae, pixels: np.ndarray, device, autocast, batch: int = 32) -> to
     return torch.cat(out)
 
 
+def latent_fold(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-channel mean m, scale c) with (latents - m) * c * 0.18215 zero-mean and unit-std."""
+    m = latents.mean(dim=(0, 2, 3))
+    return m, 1.0 / (SD1_LATENT_SCALE * (latents - m[None, :, None, None]).std())
+
+
 @torch.no_grad()
 def fold_latent_scale(vae, latents: torch.Tensor) -> torch.Tensor:
     """Make (latent * 0.18215) zero-mean and unit-std through the unchanged SD1 code path.
 
     z' = c * (z - m) with c = 1 / (0.18215 * std): scale quant_conv's mean outputs (and shift its bias),
     shift the logvar outputs by 2 log c; post_quant_conv(z) = W (z'/c + m) + b absorbs the inverse."""
-    m = latents.mean(dim=(0, 2, 3))  # per channel
-    std = (latents - m[None, :, None, None]).std()
-    c = 1.0 / (SD1_LATENT_SCALE * std)
+    m, c = latent_fold(latents)
+    std = 1.0 / (SD1_LATENT_SCALE * c)
     k = m.numel()
     qw, qb = vae.quant_conv.weight, vae.quant_conv.bias  # [2k, k, 1, 1]
     qw[:k] *= c
@@ -553,8 +558,7 @@ def latents_for_file_vae(vae, pixels: np.ndarray, vae_file: Path, latent_file: P
         mine = vae.state_dict()
         if all(torch.equal(kept[k].half(), mine[k].half()) for k in kept if k.startswith("encoder.")):
             raw = load_file(str(latent_file))["latents"]
-            m = raw.mean(dim=(0, 2, 3))
-            c = 1.0 / (SD1_LATENT_SCALE * (raw - m[None, :, None, None]).std())
+            m, c = latent_fold(raw)
             log(f"reused {latent_file.name} (the file's autoencoder before its latent scale was folded in)")
             return (raw - m[None, :, None, None]) * c
     log("encoding the pictures with the file's autoencoder")
