@@ -171,6 +171,16 @@ def test_cards_show_previews_filter_and_insert_tags(page, server):
     assert page.foreign == [] and page.errors == []
 
 
+def test_inpaint_has_the_panel_and_cards_write_to_its_prompt(page, server):
+    ui.open_tab(page, "Inpaint")
+    open_networks(page, "inpaint")
+    ui.fill_text(page, "inpaint-prompt", "a fox")
+    page.locator("#inpaint-lora-cards [data-name='ink']").click()
+    wait_prompt(page, "a fox, <lora:ink:1>", "inpaint")
+    assert prompt_value(page) == ""  # txt2img's prompt is untouched
+    assert page.errors == []
+
+
 def test_refresh_finds_new_files_and_img2img_has_the_panel(page, server):
     _, engine, _ = server
     ui.open_tab(page, "img2img")

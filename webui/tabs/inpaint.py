@@ -15,7 +15,7 @@ from PIL import Image
 
 from modules import inpaint
 from modules.types import RESIZE_MODES
-from webui import bindings, components, generation, send
+from webui import bindings, components, extra_networks, generation, send
 from webui.context import UIContext
 
 TAB = "inpaint"
@@ -68,6 +68,7 @@ def build(ctx: UIContext, top: dict[str, Any] | None = None) -> None:
     with gr.Row():
         with gr.Column(scale=5):
             prompts = components.prompt_box(TAB, ctx.styles.names() if ctx.styles else [])
+            extra_networks.build_panel(ctx, TAB)
             widgets: dict[str, Any] = {"prompt": prompts.prompt, "negative_prompt": prompts.negative_prompt}
             editor = gr.ImageEditor(
                 type="pil", label="Image and mask (paint white over what to redraw)", sources=["upload", "clipboard"],
