@@ -117,6 +117,11 @@ class Recipe:
     # the shape's coverage of that pixel, dilated by one latent pixel so the outline's outside counts too
     # (the loss is renormalised per picture; see shape_masks). 0 is the plain loss.
     shape_weight: float = 0.0
+    # The shape weight applies from this fraction of the UNet steps on. Weighted from the first step
+    # (v6, 2026-12-01) the shapes came out right but the negative prompt stopped working; learning the
+    # colours, background and position on the plain loss first and the shapes after kept both (v3 then
+    # v4/v5 did the same in three commands).
+    shape_weight_from: float = 0.0
     offset_noise: float = 0.1  # std of a per-picture, per-channel constant added to the noise (see train_unet)
     prediction: str = "v"  # "v" (v-prediction, marked by a `v_pred` key in the file) or "eps" (see train_unet)
     ema_decay: float = 0.999
@@ -425,7 +430,10 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
     t0 = time.time()
     running = None
     n = len(latents)
+    shape_start = round(recipe.shape_weight_from * steps)
     for step in range(steps):
+        if recipe.shape_weight > 0 and step == shape_start:
+            log(f"unet step {step}: shape weight {recipe.shape_weight:g} on from here")
         warm = min(1.0, (step + 1) / recipe.unet_warmup)
         lr = recipe.unet_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for g in opt.param_groups:
@@ -470,7 +478,7 @@ def train_unet(unet, text_model, latents: torch.Tensor, scenes, recipe: Recipe, 
         # With the overshoot input (k x0) the target is the one whose implied x0 is the clean x0:
         # v + a (k-1) x0 / sqrt(1-a), or eps + sqrt(a) (k-1) x0 / sqrt(1-a); exactly the usual one at k = 1.
         target = target + (a if recipe.prediction == "v" else a.sqrt()) * (k - 1) * x0 / (1 - a).sqrt()
-        if recipe.shape_weight > 0:
+        if recipe.shape_weight > 0 and step >= shape_start:
             w = 1 + recipe.shape_weight * masks[idx].to(device)
             per = ((pred.float() - target).pow(2) * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
         else:
