@@ -118,9 +118,9 @@ class Recipe:
     # (the loss is renormalised per picture; see shape_masks). 0 is the plain loss.
     shape_weight: float = 0.0
     # The shape weight applies from this fraction of the UNet steps on. Weighted from the first step
-    # (v6, 2026-12-01) the shapes came out right but the negative prompt stopped working; learning the
-    # colours, background and position on the plain loss first and the shapes after kept both (v3 then
-    # v4/v5 did the same in three commands).
+    # (v6, 2026-12-01) the shapes came out right but the negative prompt stopped working; from half way
+    # (v7) the negative prompt worked but shapes fell to 53% (docs/demo-model.md, "One run instead of a
+    # chain"). v3 -> v5 did plain-then-weighted in three commands.
     shape_weight_from: float = 0.0
     offset_noise: float = 0.1  # std of a per-picture, per-channel constant added to the noise (see train_unet)
     prediction: str = "v"  # "v" (v-prediction, marked by a `v_pred` key in the file) or "eps" (see train_unet)
