@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +26,19 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from modules.lora import build_patches, open_lora  # noqa: E402
+from modules.lora import apply_loras, open_lora  # noqa: E402
 from modules.lora_keys import KeyMap, diffusers_blocks, ldm_to_diffusers  # noqa: E402
 from modules.nn.unet import SD15_UNET, UNetModel  # noqa: E402
 from modules.patcher import ModelPatcher  # noqa: E402
+from modules.types import LoraRef  # noqa: E402
+
+
+@dataclass(frozen=True)
+class UNetOnlyBundle:
+    """The two fields of a model bundle that `apply_loras` reads: a UNet patcher, no text encoders."""
+
+    unet: ModelPatcher
+    text_patchers: tuple[ModelPatcher, ...] = ()
 
 
 def transformer_modules(unet: torch.nn.Module) -> list[str]:
@@ -77,19 +87,16 @@ def main(argv: list[str] | None = None) -> dict:
         covered = write_kohya_lora(unet, path, args.rank)
         lora = open_lora(path)
         keymap = KeyMap(unet, [])
+        bundle = UNetOnlyBundle(ModelPatcher(unet))
 
-        def build():
-            return build_patches(lora, keymap)
+        def patch_and_restore():  # what a job with this LoRA does (modules.networks, modules.pipeline)
+            applied = apply_loras(bundle, [(LoraRef(lora.name), lora)], keymap)
+            with applied.bundle.unet.applied():
+                pass
+            return applied
 
-        built = build()
-        assert not built.skipped and built.modules == covered, (built.modules, covered, built.skipped[:3])
-        patcher = ModelPatcher(unet)
-
-        def patch_and_restore():
-            p = patcher.clone()
-            p.add_weight_patches(dict(build().patches[-1]))
-            p.patch_model()
-            p.unpatch_model()
+        applied = patch_and_restore()
+        assert applied.modules == {lora.name: covered} and applied.skipped_keys == {lora.name: 0}, applied
 
         x = torch.randn(2, 4, 64, 64, dtype=dtype)
         t = torch.tensor([500.0, 500.0])
@@ -102,9 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         step()  # warm-up: allocator, oneDNN primitives
         first = transformer_modules(unet)[0]
         before = unet.get_submodule(first).weight.clone()
-        applied = patcher.clone()
-        applied.add_weight_patches(dict(built.patches[-1]))
-        with applied.applied() as model:
+        with applied.bundle.unet.applied() as model:
             changed = not torch.equal(model.get_submodule(first).weight, before)
         restored = torch.equal(unet.get_submodule(first).weight, before)
         assert changed and restored, f"{first}: patched {changed}, restored bit-exactly {restored}"

@@ -32,7 +32,7 @@ def test_sd15_512_txt2img_on_cpu(engine):
 def test_a_full_sd15_lora_costs_a_job_less_than_half_a_sampling_step():
     """bench/lora_apply.py: a kohya SD1.5 LoRA over every transformer module covers 192 UNet modules (16
     transformer blocks x 12, the count kohya's trainer reports); patching them in and restoring them, which
-    every job with a LoRA does, stays under half of one 512x512 CFG step (0.115 measured in fp32 on 2 cores,
+    every job with a LoRA does, stays under half of one 512x512 CFG step (~0.1 measured in fp32 on 2 cores,
     docs/benchmarks.md)."""
     from bench.lora_apply import main
 
